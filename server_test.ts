@@ -1,0 +1,822 @@
+// Tests for server.ts and client.ts: real sockets on loopback, port 0, and
+// events (a line printed, a datagram received, a process ended), never sleeps.
+// Behaviour is tested in process; the command lines by running the tasks.
+import assert from "node:assert/strict";
+import {
+  ChatRoom,
+  LineWriter,
+  type Output,
+  serve,
+  type ServeOptions,
+} from "./server.ts";
+import { DEFAULT_MESSAGE, send } from "./client.ts";
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+const ROOT = new URL(".", import.meta.url);
+
+/**
+ * `promise`, or a failure after 10 s: a test that waits for something that
+ * never comes fails instead of hanging. Nothing here waits for this timer.
+ */
+async function within<T>(what: string, promise: Promise<T>): Promise<T> {
+  let timer;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`timed out waiting for ${what}`)),
+      10_000,
+    );
+  });
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** An `Output` that keeps what is written, and tells when lines arrive. */
+class Collector implements Output {
+  text = "";
+  #arrived = Promise.withResolvers<void>();
+
+  writeSync(data: Uint8Array): number {
+    this.text += decoder.decode(data);
+    this.#arrived.resolve();
+    this.#arrived = Promise.withResolvers();
+    return data.length;
+  }
+
+  get lines(): string[] {
+    return this.text.split("\n").slice(0, -1);
+  }
+
+  /** Waits until at least `count` lines have been written. */
+  waitForLines(count: number): Promise<string[]> {
+    return within(`${count} lines`, this.#waitForLines(count));
+  }
+
+  async #waitForLines(count: number): Promise<string[]> {
+    while (this.lines.length < count) await this.#arrived.promise;
+    return this.lines;
+  }
+}
+
+function listen(hostname = "127.0.0.1"): Deno.DatagramConn {
+  return Deno.listenDatagram({ transport: "udp", hostname, port: 0 });
+}
+
+/** Runs `serve()` on a free port of `hostname`; `stop()` closes it and returns its summary. */
+function start(options: ServeOptions = {}, hostname = "127.0.0.1") {
+  const conn = listen(hostname);
+  const output = new Collector();
+  const served = serve(conn, { output, ...options });
+  const addr = conn.addr as Deno.NetAddr;
+  const stop = () => {
+    conn.close();
+    return served;
+  };
+  return { addr, port: addr.port, output, stop };
+}
+
+/** Like assert.deepEqual, but fast to fail on 64 KiB: it names the first difference. */
+function assertBytes(actual: Uint8Array, expected: Uint8Array) {
+  assert.equal(actual.length, expected.length, "length");
+  const at = actual.findIndex((byte, i) => byte !== expected[i]);
+  assert.equal(at, -1, `first difference at byte ${at}`);
+}
+
+function receive(conn: Deno.DatagramConn) {
+  return within("a datagram", conn.receive());
+}
+
+async function receiveText(conn: Deno.DatagramConn): Promise<string> {
+  const [data] = await receive(conn);
+  return decoder.decode(data);
+}
+
+Deno.test("serve() prints the tutorial's message as a line that names its sender", async () => {
+  const server = start();
+  try {
+    await send(encoder.encode(DEFAULT_MESSAGE), { port: server.port });
+    const [line] = await server.output.waitForLines(1);
+    const [, port] =
+      line.match(/^Message from 127\.0\.0\.1:(\d+): Hello, Server$/) ?? [];
+    assert.ok(port, line);
+    assert.notEqual(Number(port), server.port);
+  } finally {
+    assert.deepEqual(await server.stop(), { datagrams: 1, bytes: 13 });
+  }
+  assert.equal(server.output.lines.length, 1);
+});
+
+Deno.test("serve() prints every datagram of several clients, each client's in order", async () => {
+  const server = start();
+  const clients = [listen(), listen(), listen()];
+  try {
+    // 150 datagrams fit in the socket's queue even if the server read none yet.
+    for (let i = 0; i < 50; i++) {
+      for (const [n, client] of clients.entries()) {
+        await client.send(encoder.encode(`client ${n} says ${i}`), server.addr);
+      }
+    }
+    const lines = await server.output.waitForLines(150);
+    for (const [n, client] of clients.entries()) {
+      const prefix = `Message from 127.0.0.1:${
+        (client.addr as Deno.NetAddr).port
+      }: `;
+      const mine = lines.filter((line) => line.startsWith(prefix));
+      const expected = Array.from(
+        { length: 50 },
+        (_, i) => `${prefix}client ${n} says ${i}`,
+      );
+      assert.deepEqual(mine, expected);
+    }
+  } finally {
+    for (const client of clients) client.close();
+    assert.equal((await server.stop()).datagrams, 150);
+  }
+  assert.equal(server.output.lines.length, 150);
+});
+
+Deno.test("serve() prints empty, invalid UTF-8 and control characters visibly", async () => {
+  const server = start();
+  const client = listen();
+  const from = `Message from 127.0.0.1:${(client.addr as Deno.NetAddr).port}: `;
+  const datagrams = [
+    new Uint8Array(),
+    new Uint8Array([0xff, 0x41, 0xc3]), // not UTF-8
+    encoder.encode(
+      "\x1b]0;title\x07\x1b[2J\r\nfake line\0\t\x7f\u009b1m\\x1b end",
+    ),
+  ];
+  try {
+    for (const data of datagrams) await client.send(data, server.addr);
+    assert.deepEqual(await server.output.waitForLines(3), [
+      from,
+      `${from}\ufffdA\ufffd`,
+      `${from}\\x1b]0;title\\x07\\x1b[2J\\r\\nfake line\\x00\\t\\x7f\\x9b1m\\\\x1b end`,
+    ]);
+    // Nothing raw reaches the output: no C0, DEL or C1 but the line ends.
+    assert.doesNotMatch(server.output.text.replaceAll("\n", ""), /\p{Cc}/u);
+  } finally {
+    client.close();
+    await server.stop();
+  }
+});
+
+Deno.test("serve() receives a 65,507-byte datagram whole", async () => {
+  const server = start();
+  const client = listen();
+  const text = "0123456789abcdef".repeat(4096).slice(0, 65_507);
+  try {
+    await client.send(encoder.encode(text), server.addr);
+    const [line] = await server.output.waitForLines(1);
+    assert.equal(line.slice(line.indexOf(": ") + 2), text);
+  } finally {
+    client.close();
+    assert.deepEqual(await server.stop(), { datagrams: 1, bytes: 65_507 });
+  }
+});
+
+Deno.test("serve() with echo sends every datagram back byte for byte", async () => {
+  const server = start({ echo: true });
+  const client = listen();
+  const everyByte = Uint8Array.from({ length: 256 }, (_, i) => i);
+  const largest = Uint8Array.from({ length: 65_507 }, (_, i) => i * 7);
+  try {
+    for (const data of [everyByte, new Uint8Array(), largest]) {
+      await client.send(data, server.addr);
+      const [echoed, from] = await receive(client);
+      assertBytes(echoed, data);
+      assert.equal((from as Deno.NetAddr).port, server.port);
+    }
+  } finally {
+    client.close();
+    await server.stop();
+  }
+});
+
+Deno.test("serve() with a chat relays each message to the others, not to its sender", async () => {
+  const server = start({ chat: new ChatRoom() });
+  const [a, b, c] = [listen(), listen(), listen()];
+  const name = (conn: Deno.DatagramConn) =>
+    `<127.0.0.1:${(conn.addr as Deno.NetAddr).port}>`;
+  try {
+    await a.send(encoder.encode("a joins"), server.addr); // nobody to hear it
+    await b.send(encoder.encode("b joins"), server.addr);
+    assert.equal(await receiveText(a), `${name(b)} b joins`);
+    await c.send(encoder.encode("c joins"), server.addr);
+    assert.equal(await receiveText(a), `${name(c)} c joins`);
+    assert.equal(await receiveText(b), `${name(c)} c joins`);
+    await a.send(encoder.encode("hi"), server.addr);
+    assert.equal(await receiveText(b), `${name(a)} hi`);
+    assert.equal(await receiveText(c), `${name(a)} hi`);
+    // Had `a` been sent its own "hi", it would arrive before this.
+    await b.send(encoder.encode("bye"), server.addr);
+    assert.equal(await receiveText(a), `${name(b)} bye`);
+    assert.equal(await receiveText(c), `${name(b)} bye`);
+  } finally {
+    for (const conn of [a, b, c]) conn.close();
+    assert.equal((await server.stop()).datagrams, 5);
+  }
+  assert.equal(server.output.lines.length, 5);
+});
+
+Deno.test("serve() prints but does not relay a newcomer when the chat is full", async () => {
+  const chat = new ChatRoom({ maxMembers: 2 });
+  const server = start({ chat });
+  const [a, b, c] = [listen(), listen(), listen()];
+  const name = (conn: Deno.DatagramConn) =>
+    `<127.0.0.1:${(conn.addr as Deno.NetAddr).port}>`;
+  try {
+    await a.send(encoder.encode("a joins"), server.addr);
+    await b.send(encoder.encode("b joins"), server.addr);
+    assert.equal(await receiveText(a), `${name(b)} b joins`);
+    await c.send(encoder.encode("c is left out"), server.addr);
+    await a.send(encoder.encode("after c"), server.addr);
+    // Had c's words been relayed, they would arrive before these.
+    assert.equal(await receiveText(b), `${name(a)} after c`);
+    await b.send(encoder.encode("after c too"), server.addr);
+    assert.equal(await receiveText(a), `${name(b)} after c too`);
+    const lines = await server.output.waitForLines(5);
+    assert.match(lines[2], /: c is left out$/);
+    assert.equal(chat.size, 2);
+  } finally {
+    for (const conn of [a, b, c]) conn.close();
+    await server.stop();
+  }
+});
+
+Deno.test("ChatRoom caps its members and lets silent ones expire", () => {
+  const chat = new ChatRoom({ maxMembers: 2, idleMs: 1000 });
+  const at = (port: number): Deno.NetAddr => ({
+    transport: "udp",
+    hostname: "127.0.0.1",
+    port,
+  });
+  assert.deepEqual(chat.hear(at(1), 0), []);
+  assert.deepEqual(chat.hear(at(2), 10), [at(1)]);
+  assert.deepEqual(chat.hear(at(3), 20), [], "full: 3 is not admitted");
+  assert.equal(chat.size, 2);
+  assert.deepEqual(chat.hear(at(1), 900), [at(2)], "1 speaks again");
+  assert.deepEqual(chat.hear(at(3), 1009), [], "2 has been silent 999 ms");
+  assert.deepEqual(
+    chat.hear(at(3), 1010),
+    [at(1)],
+    "2 has left, 3 takes its place",
+  );
+  assert.deepEqual(chat.hear(at(2), 1500), [], "full again");
+  assert.deepEqual(chat.hear(at(2), 5000), [], "everyone left: 2 is alone");
+  assert.equal(chat.size, 1);
+});
+
+Deno.test("serve() ends when its socket closes, and the port is free again", async () => {
+  const server = start();
+  assert.deepEqual(await server.stop(), { datagrams: 0, bytes: 0 });
+  const again = Deno.listenDatagram({
+    transport: "udp",
+    hostname: "127.0.0.1",
+    port: server.port,
+  });
+  again.close();
+});
+
+Deno.test("serve() prints a burst in order, and every line of it when closed", async () => {
+  const conn = listen();
+  const client = listen();
+  const output = new Collector();
+  const sent = Array.from({ length: 200 }, (_, i) => `burst ${i}`);
+  // All of the burst waits in the socket's queue before the server reads any.
+  for (const text of sent) await client.send(encoder.encode(text), conn.addr);
+  client.close();
+  // The socket closes as soon as the burst's last datagram is read, before a
+  // timer could write the last lines: they are still queued, and serve()
+  // must write them as it ends.
+  let received = 0;
+  const closesAfterBurst = {
+    async receive(buffer?: Uint8Array) {
+      const datagram = await conn.receive(buffer);
+      if (++received === sent.length) conn.close();
+      return datagram;
+    },
+  } as Deno.DatagramConn;
+  const summary = await serve(closesAfterBurst, { output });
+  assert.deepEqual(summary, { datagrams: 200, bytes: sent.join("").length });
+  const from = `Message from 127.0.0.1:${(client.addr as Deno.NetAddr).port}: `;
+  assert.deepEqual(output.lines, sent.map((text) => from + text));
+});
+
+Deno.test("LineWriter writes lines in batches, and all of them on flush()", async () => {
+  const output = new Collector();
+  const lines = new LineWriter(output);
+  lines.write("one\n");
+  lines.write("two\n");
+  assert.equal(output.text, "", "batched, not written line by line");
+  await output.waitForLines(2); // the batch goes out soon by itself
+  assert.equal(output.text, "one\ntwo\n");
+  lines.write("three\n");
+  lines.flush();
+  assert.equal(output.text, "one\ntwo\nthree\n");
+  const large = "x".repeat(70_000) + "\n";
+  lines.write(large);
+  assert.equal(
+    output.text,
+    `one\ntwo\nthree\n${large}`,
+    "a full batch goes out at once",
+  );
+});
+
+Deno.test("LineWriter reports a failed write on the next write()", async () => {
+  const failed = Promise.withResolvers<void>();
+  const lines = new LineWriter({
+    writeSync() {
+      failed.resolve();
+      throw new Deno.errors.BrokenPipe("Broken pipe (os error 32)");
+    },
+  });
+  lines.write("lost\n");
+  await failed.promise;
+  assert.throws(() => lines.write("next\n"), Deno.errors.BrokenPipe);
+});
+
+Deno.test("send() sends the message count times", async () => {
+  const server = start();
+  try {
+    await send(encoder.encode("again"), { port: server.port, count: 5 });
+    const lines = await server.output.waitForLines(5);
+    assert.equal(lines.filter((line) => line.endsWith(": again")).length, 5);
+  } finally {
+    assert.equal((await server.stop()).datagrams, 5);
+  }
+});
+
+Deno.test("send() with wait returns the reply and who sent it", async () => {
+  const server = start({ echo: true });
+  try {
+    const reply = await send(encoder.encode("ping"), {
+      port: server.port,
+      wait: true,
+    });
+    assert.ok(reply);
+    const [data, from] = reply;
+    assert.equal(decoder.decode(data), "ping");
+    assert.deepEqual({ ...from }, {
+      transport: "udp",
+      hostname: "127.0.0.1",
+      port: server.port,
+    });
+  } finally {
+    await server.stop();
+  }
+});
+
+Deno.test("send() with wait gives up after the timeout", async () => {
+  const silent = listen();
+  const port = (silent.addr as Deno.NetAddr).port;
+  try {
+    await assert.rejects(
+      send(encoder.encode("anyone?"), { port, wait: true, timeout: 50 }),
+      new Deno.errors.TimedOut(`no reply from 127.0.0.1:${port} within 50 ms`),
+    );
+    assert.equal(await receiveText(silent), "anyone?");
+  } finally {
+    silent.close();
+  }
+});
+
+Deno.test("serve() and send() work over IPv6 and by host name", async () => {
+  for (const hostname of ["::1", "localhost"]) {
+    const server = start({ echo: true }, hostname);
+    try {
+      const reply = await send(encoder.encode("hi"), {
+        hostname,
+        port: server.port,
+        wait: true,
+      });
+      assert.equal(decoder.decode(reply?.[0]), "hi");
+      const [line] = await server.output.waitForLines(1);
+      const sender = server.addr.hostname === "::1"
+        ? "\\[::1\\]"
+        : "127\\.0\\.0\\.1";
+      assert.match(line, new RegExp(`^Message from ${sender}:\\d+: hi$`));
+    } finally {
+      await server.stop();
+    }
+  }
+});
+
+// The command lines, run as a user runs them: `deno task server ...`.
+
+/** A running task, with what it printed so far. */
+class Task implements AsyncDisposable {
+  readonly process: Deno.ChildProcess;
+  readonly output = { stdout: "", stderr: "" };
+  #printed = Promise.withResolvers<void>();
+  #ended: Promise<Deno.CommandStatus>;
+
+  constructor(args: string[], stdin: "piped" | "null" = "null") {
+    this.process = new Deno.Command(Deno.execPath(), {
+      args: ["task", "-q", ...args],
+      cwd: ROOT,
+      env: { NO_COLOR: "1" },
+      stdin,
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const reading = [this.#read("stdout"), this.#read("stderr")];
+    this.#ended = Promise.all(reading).then(() => this.process.status);
+  }
+
+  async #read(name: "stdout" | "stderr") {
+    for await (
+      const text of this.process[name].pipeThrough(new TextDecoderStream())
+    ) {
+      this.output[name] += text;
+      this.#printed.resolve();
+      this.#printed = Promise.withResolvers();
+    }
+  }
+
+  /** Waits until `name` matches `pattern`; fails if the task ends first. */
+  waitFor(name: "stdout" | "stderr", pattern: RegExp) {
+    return within(`${name} to match ${pattern}`, this.#waitFor(name, pattern));
+  }
+
+  async #waitFor(name: "stdout" | "stderr", pattern: RegExp) {
+    let ended = false;
+    while (true) {
+      const match = this.output[name].match(pattern);
+      if (match) return match;
+      if (ended) {
+        throw new Error(
+          `${name} never matched ${pattern}: ${JSON.stringify(this.output)}`,
+        );
+      }
+      ended = await Promise.race([
+        this.#printed.promise.then(() => false),
+        this.#ended.then(() => true),
+      ]);
+    }
+  }
+
+  /** Waits until the server says where it listens. */
+  async port(): Promise<number> {
+    const [, port] = await this.waitFor("stderr", /^Listening on .*:(\d+)/m);
+    return Number(port);
+  }
+
+  /** Waits for the task to end; returns its exit code and output. */
+  async result() {
+    const { code } = await within("the task to end", this.#ended);
+    return { code, ...this.output };
+  }
+
+  async [Symbol.asyncDispose]() {
+    // SIGTERM, which `deno task` passes on to the script. It cannot pass on a
+    // SIGKILL: the script would live on, holding the pipes open.
+    try {
+      this.process.kill("SIGTERM");
+    } catch {
+      // It has ended already.
+    }
+    await within("the task to end", this.#ended);
+  }
+}
+
+// Windows has no way to send a process SIGINT.
+const NO_SIGINT = Deno.build.os === "windows";
+
+async function run(...args: string[]) {
+  await using task = new Task(args);
+  return await task.result();
+}
+
+Deno.test("deno task server --help lists every option with its default", async () => {
+  const { code, stdout, stderr } = await run("server", "--help");
+  assert.equal(code, 0);
+  assert.equal(stderr, "");
+  // `deno task server -- --help` passes the `--` on.
+  assert.deepEqual(await run("server", "--", "--help"), {
+    code,
+    stdout,
+    stderr,
+  });
+  for (
+    const text of [
+      "-H, --hostname",
+      "127.0.0.1",
+      "-p, --port",
+      "6789",
+      "--echo",
+      "--chat",
+      "5 minutes",
+      "100",
+      "-h, --help",
+    ]
+  ) {
+    assert.ok(stdout.includes(text), `--help mentions ${text}`);
+  }
+});
+
+Deno.test("deno task client --help lists every option with its default", async () => {
+  const { code, stdout, stderr } = await run("client", "-h");
+  assert.equal(code, 0);
+  assert.equal(stderr, "");
+  for (
+    const text of [
+      "Hello, Server",
+      "-H, --hostname",
+      "127.0.0.1",
+      "-p, --port",
+      "6789",
+      "-c, --count",
+      "-w, --wait",
+      "-t, --timeout",
+      "2000",
+      "-i, --interactive",
+      "-h, --help",
+    ]
+  ) {
+    assert.ok(stdout.includes(text), `--help mentions ${text}`);
+  }
+});
+
+Deno.test("deno task server: a usage error is one line and exit code 2", async () => {
+  const cases = [
+    [["--bogus"], "error: unknown option '--bogus'"],
+    [
+      ["--port", "65536"],
+      'error: --port must be an integer from 0 to 65535, not "65536"',
+    ],
+    [
+      ["-p", "80x"],
+      'error: --port must be an integer from 0 to 65535, not "80x"',
+    ],
+    [["--port"], "error: option '-p, --port <value>' argument missing"],
+    [["--echo", "--chat"], "error: --echo and --chat cannot be used together"],
+    [
+      ["extra"],
+      "error: unexpected argument 'extra'. This command does not take positional arguments",
+    ],
+  ] as const;
+  for (const [args, message] of cases) {
+    const { code, stdout, stderr } = await run("server", ...args);
+    assert.equal(code, 2, args.join(" "));
+    assert.equal(stdout, "");
+    assert.ok(stderr.startsWith(message), stderr);
+    assert.equal(stderr.split("\n").length, 2, "one line");
+  }
+});
+
+Deno.test("deno task client: a usage error is one line and exit code 2", async () => {
+  const cases = [
+    [["--count", "0"], 'error: --count must be a positive integer, not "0"'],
+    [["-c", "1.5"], 'error: --count must be a positive integer, not "1.5"'],
+    [
+      ["--port", "0"],
+      'error: --port must be an integer from 1 to 65535, not "0"',
+    ],
+    [
+      ["--timeout", "soon"],
+      'error: --timeout must be an integer from 1 to 2147483647, not "soon"',
+    ],
+    [["-i", "words"], "error: --interactive sends the lines of its input"],
+    [
+      ["x".repeat(65_508)],
+      "error: message is 65508 bytes, more than the 65507 a UDP datagram can carry",
+    ],
+    [
+      ["--port", "\x1b[2J"],
+      'error: --port must be an integer from 1 to 65535, not "\\x1b[2J"',
+    ],
+  ] as const;
+  for (const [args, message] of cases) {
+    const { code, stdout, stderr } = await run("client", ...args);
+    assert.equal(code, 2, args.join(" ").slice(0, 40));
+    assert.equal(stdout, "");
+    assert.ok(stderr.startsWith(message), stderr);
+    assert.equal(stderr.split("\n").length, 2, "one line");
+  }
+});
+
+Deno.test("deno task server: an address in use is exit code 1 and one line", async () => {
+  const taken = listen();
+  try {
+    const { port } = taken.addr as Deno.NetAddr;
+    const { code, stdout, stderr } = await run(
+      "server",
+      "--port",
+      String(port),
+    );
+    assert.equal(code, 1);
+    assert.equal(stdout, "");
+    assert.equal(
+      stderr,
+      `error: cannot listen on 127.0.0.1:${port}: address already in use\n`,
+    );
+  } finally {
+    taken.close();
+  }
+});
+
+Deno.test("server.ts without --allow-net names the permission to grant", async () => {
+  const { code, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--unstable-net", "--no-prompt", "server.ts", "--port", "0"],
+    cwd: ROOT,
+    env: { NO_COLOR: "1" },
+    stdin: "null",
+  }).output();
+  assert.equal(code, 1);
+  assert.match(
+    decoder.decode(stderr),
+    /^error: cannot listen on 127\.0\.0\.1:0: .*--allow-net/,
+  );
+});
+
+Deno.test(
+  "deno task server prints what it read and a summary on SIGINT, even twice",
+  { ignore: NO_SIGINT },
+  async () => {
+    await using server = new Task(["server", "--port", "0", "--echo"]);
+    const port = await server.port();
+    const client = listen();
+    try {
+      for (const text of ["one", "two", "three"]) {
+        await client.send(encoder.encode(text), {
+          transport: "udp",
+          hostname: "127.0.0.1",
+          port,
+        });
+        assert.equal(await receiveText(client), text); // so the server has read it
+      }
+    } finally {
+      client.close();
+    }
+    server.process.kill("SIGINT");
+    server.process.kill("SIGINT");
+    const { code, stdout, stderr } = await server.result();
+    assert.equal(code, 0);
+    const from = `Message from 127.0.0.1:${
+      (client.addr as Deno.NetAddr).port
+    }: `;
+    assert.equal(stdout, `${from}one\n${from}two\n${from}three\n`);
+    assert.equal(
+      stderr,
+      `Listening on 127.0.0.1:${port} (echo); Ctrl+C stops\nReceived 3 datagrams, 11 bytes\n`,
+    );
+  },
+);
+
+Deno.test(
+  "deno task server --chat reports a failed relay, keeps serving, stops on SIGTERM",
+  {
+    ignore: NO_SIGINT,
+  },
+  async () => {
+    await using server = new Task(["server", "--port", "0", "--chat"]);
+    const to = {
+      transport: "udp",
+      hostname: "127.0.0.1",
+      port: await server.port(),
+    } as const;
+    const [a, b] = [listen(), listen()];
+    const name = (conn: Deno.DatagramConn) =>
+      `127.0.0.1:${(conn.addr as Deno.NetAddr).port}`;
+    try {
+      await a.send(encoder.encode("a joins"), to);
+      await b.send(encoder.encode("b joins"), to);
+      assert.equal(await receiveText(a), `<${name(b)}> b joins`);
+      // The mark makes the largest datagram too large to relay.
+      await a.send(new Uint8Array(65_507), to);
+      await server.waitFor(
+        "stderr",
+        new RegExp(`warning: cannot send to ${name(b)}: message too long\n`),
+      );
+      await a.send(encoder.encode("still here"), to);
+      assert.equal(await receiveText(b), `<${name(a)}> still here`);
+    } finally {
+      a.close();
+      b.close();
+    }
+    server.process.kill("SIGTERM");
+    const { code, stdout, stderr } = await server.result();
+    assert.equal(code, 0);
+    assert.equal(stdout.split("\n").length, 5);
+    assert.match(
+      stderr,
+      /\nReceived 4 datagrams, 65531 bytes; 2 chat members\n$/,
+    );
+  },
+);
+
+Deno.test("deno task server serves any loopback address, and replies there", {
+  ignore: NO_SIGINT,
+}, async () => {
+  for (const hostname of ["127.0.0.2", "::1", "localhost"]) {
+    await using server = new Task([
+      "server",
+      "-H",
+      hostname,
+      "-p",
+      "0",
+      "--echo",
+    ]);
+    const port = await server.port();
+    const client = listen(hostname);
+    try {
+      await client.send(encoder.encode(hostname), {
+        transport: "udp",
+        hostname,
+        port,
+      });
+      assert.equal(await receiveText(client), hostname);
+    } finally {
+      client.close();
+    }
+    server.process.kill("SIGINT");
+    assert.equal((await server.result()).code, 0);
+  }
+});
+
+Deno.test("deno task client sends its words, after -- too, and --wait prints the reply", async () => {
+  const server = start({ echo: true });
+  const port = String(server.port);
+  try {
+    const plain = await run("client", "-p", port, "-w", "some", "words\x1b[2J");
+    assert.equal(plain.code, 0);
+    assert.equal(
+      plain.stdout,
+      `Message from 127.0.0.1:${port}: some words\\x1b[2J\n`,
+    );
+    assert.equal(
+      plain.stderr,
+      `Sending a 14-byte datagram to 127.0.0.1:${port}\n`,
+    );
+    const dashed = await run(
+      "client",
+      "-p",
+      port,
+      "--wait",
+      "--",
+      "-v",
+      "words",
+    );
+    assert.equal(dashed.code, 0);
+    assert.equal(dashed.stdout, `Message from 127.0.0.1:${port}: -v words\n`);
+  } finally {
+    await server.stop();
+  }
+});
+
+Deno.test("deno task client --wait with no reply is exit code 1 and one line", async () => {
+  const silent = listen();
+  try {
+    const port = (silent.addr as Deno.NetAddr).port;
+    const { code, stdout, stderr } = await run(
+      "client",
+      "-p",
+      String(port),
+      "-w",
+      "-t",
+      "100",
+    );
+    assert.equal(code, 1);
+    assert.equal(stdout, "");
+    assert.equal(
+      stderr,
+      `Sending a 13-byte datagram to 127.0.0.1:${port}\nerror: no reply from 127.0.0.1:${port} within 100 ms\n`,
+    );
+  } finally {
+    silent.close();
+  }
+});
+
+Deno.test("deno task client --interactive sends each line and prints what arrives", async () => {
+  const server = start({ echo: true });
+  try {
+    await using client = new Task([
+      "client",
+      "--interactive",
+      "-p",
+      String(server.port),
+    ], "piped");
+    const input = client.process.stdin.getWriter();
+    const from = `Message from 127.0.0.1:${server.port}: `;
+    await input.write(encoder.encode("one\n"));
+    await client.waitFor("stdout", /: one\n/);
+    await input.write(encoder.encode("\x1b[2J two\r\n"));
+    await client.waitFor("stdout", /: \\x1b\[2J two\n/);
+    await input.write(encoder.encode("three")); // the last line has no line end
+    await input.close();
+    const { code, stdout } = await client.result();
+    assert.equal(code, 0);
+    assert.ok(stdout.startsWith(`${from}one\n${from}\\x1b[2J two\n`), stdout);
+    const lines = await server.output.waitForLines(3);
+    assert.deepEqual(
+      lines.map((line) => line.replace(/^Message from [\d.:]+: /, "")),
+      ["one", "\\x1b[2J two", "three"],
+    );
+  } finally {
+    await server.stop();
+  }
+});
