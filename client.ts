@@ -205,10 +205,11 @@ function tooLong(data: Uint8Array): string {
 /** An error's message as the end of a line: "Address already in use (os error 98)" becomes "address already in use". */
 function reason(error: unknown): string {
   const message = error instanceof Error ? error.message : String(error);
-  return message.replace(/ \(os error \d+\)$/, "").replace(
-    /^[A-Z](?=[a-z ])/,
-    (c) => c.toLowerCase(),
-  );
+  const text = message.replace(/ \(os error \d+\)$/, "");
+  // A plain first word loses its capital; a name such as "Deno.listen" keeps it.
+  return /^[A-Z][a-z]* /.test(text)
+    ? text[0].toLowerCase() + text.slice(1)
+    : text;
 }
 
 class UsageError extends Error {}
@@ -271,6 +272,14 @@ async function main(args: string[]): Promise<number> {
   if (options.help) {
     console.log(USAGE);
     return 0;
+  }
+  // Without --unstable-net, Deno.listenDatagram is missing at run time,
+  // although `deno check` finds nothing wrong.
+  if (typeof Deno.listenDatagram !== "function") {
+    console.error(
+      "error: Deno.listenDatagram is unstable: run with --unstable-net",
+    );
+    return 1;
   }
   const { message, count, hostname, port } = options;
   const where = printable(formatAddress({ transport: "udp", hostname, port }));

@@ -633,6 +633,24 @@ Deno.test("server.ts without --allow-net names the permission to grant", async (
   );
 });
 
+Deno.test("server.ts and client.ts without --unstable-net say that they need it", async () => {
+  for (const script of ["server.ts", "client.ts"]) {
+    const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+      // --no-config: else deno.json's "unstable" would supply the flag.
+      args: ["run", "--no-config", "--allow-net=127.0.0.1", script],
+      cwd: ROOT,
+      env: { NO_COLOR: "1" },
+      stdin: "null",
+    }).output();
+    assert.equal(code, 1);
+    assert.equal(decoder.decode(stdout), "");
+    assert.equal(
+      decoder.decode(stderr),
+      "error: Deno.listenDatagram is unstable: run with --unstable-net\n",
+    );
+  }
+});
+
 Deno.test(
   "deno task server prints what it read and a summary on SIGINT, even twice",
   { ignore: NO_SIGINT },
