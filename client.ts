@@ -7,12 +7,12 @@
  * `server.ts --chat`.
  *
  * ```sh
- * deno run --unstable-net --allow-net=127.0.0.0/8 client.ts --help
+ * deno run --unstable-net --allow-net=127.0.0.0/8 client.ts   # --help for the options
  * ```
  *
  * Permissions: `--allow-net` for the server's address, and for the local
- * address the client binds to send from (127.0.0.1 for a loopback server,
- * 0.0.0.0 or :: for any other). `--unstable-net` because
+ * address the client binds to send from: the server's own address if it is a
+ * loopback one, else 0.0.0.0 (or :: for IPv6). `--unstable-net` because
  * `Deno.listenDatagram` is still unstable.
  *
  * @module
@@ -141,10 +141,7 @@ async function print(conn: Deno.DatagramConn): Promise<void> {
   while (true) {
     try {
       const [data, from] = await conn.receive();
-      const text = printable(decoder.decode(data));
-      console.log(
-        `Message from ${formatAddress(from as Deno.NetAddr)}: ${text}`,
-      );
+      console.log(line(data, from as Deno.NetAddr));
     } catch (error) {
       if (error instanceof Deno.errors.BadResource) return;
       if (error instanceof Deno.errors.Interrupted) return;
@@ -189,6 +186,12 @@ export function printable(text: string): string {
 function address(server: Server): Deno.NetAddr {
   const { hostname = DEFAULT_HOSTNAME, port = DEFAULT_PORT } = server;
   return { transport: "udp", hostname, port };
+}
+
+/** A datagram as one line that is safe to print, its sender first. */
+function line(data: Uint8Array, from: Deno.NetAddr): string {
+  const text = printable(decoder.decode(data));
+  return `Message from ${formatAddress(from)}: ${text}`;
 }
 
 /** `127.0.0.1:6789`, or `[::1]:6789` for IPv6. */
@@ -294,14 +297,7 @@ async function main(args: string[]): Promise<number> {
       `Sending a ${message.length}-byte datagram to ${where}${times}`,
     );
     const reply = await send(message, options);
-    if (reply) {
-      const [data, from] = reply;
-      console.log(
-        `Message from ${formatAddress(from)}: ${
-          printable(decoder.decode(data))
-        }`,
-      );
-    }
+    if (reply) console.log(line(...reply));
     return 0;
   } catch (error) {
     const context = error instanceof Deno.errors.TimedOut

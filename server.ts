@@ -6,7 +6,7 @@
  * with `--chat` it relays each one to everyone else who has spoken lately.
  *
  * ```sh
- * deno run --unstable-net --no-prompt --allow-net=127.0.0.0/8 server.ts --help
+ * deno run --unstable-net --no-prompt --allow-net=127.0.0.0/8 server.ts   # --help for the options
  * ```
  *
  * Permissions: `--allow-net` for the address it listens on and for the senders

@@ -486,6 +486,15 @@ class Task implements AsyncDisposable {
 // Windows has no way to send a process SIGINT.
 const NO_SIGINT = Deno.build.os === "windows";
 
+/** Checks that `deno task <args>` fails with exit code 2 and one line that starts with `message`. */
+async function assertUsageError(args: string[], message: string) {
+  const { code, stdout, stderr } = await run(...args);
+  assert.equal(code, 2, args.join(" ").slice(0, 40));
+  assert.equal(stdout, "");
+  assert.ok(stderr.startsWith(message), stderr);
+  assert.equal(stderr.split("\n").length, 2, "one line");
+}
+
 async function run(...args: string[]) {
   await using task = new Task(args);
   return await task.result();
@@ -560,11 +569,7 @@ Deno.test("deno task server: a usage error is one line and exit code 2", async (
     ],
   ] as const;
   for (const [args, message] of cases) {
-    const { code, stdout, stderr } = await run("server", ...args);
-    assert.equal(code, 2, args.join(" "));
-    assert.equal(stdout, "");
-    assert.ok(stderr.startsWith(message), stderr);
-    assert.equal(stderr.split("\n").length, 2, "one line");
+    await assertUsageError(["server", ...args], message);
   }
 });
 
@@ -591,11 +596,7 @@ Deno.test("deno task client: a usage error is one line and exit code 2", async (
     ],
   ] as const;
   for (const [args, message] of cases) {
-    const { code, stdout, stderr } = await run("client", ...args);
-    assert.equal(code, 2, args.join(" ").slice(0, 40));
-    assert.equal(stdout, "");
-    assert.ok(stderr.startsWith(message), stderr);
-    assert.equal(stderr.split("\n").length, 2, "one line");
+    await assertUsageError(["client", ...args], message);
   }
 });
 
