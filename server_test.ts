@@ -500,6 +500,21 @@ async function run(...args: string[]) {
   return await task.result();
 }
 
+/** Runs `deno run <args>` itself, not a task: to leave out flags that the tasks always give. */
+async function runDeno(...args: string[]) {
+  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: ["run", ...args],
+    cwd: ROOT,
+    env: { NO_COLOR: "1" },
+    stdin: "null",
+  }).output();
+  return {
+    code,
+    stdout: decoder.decode(stdout),
+    stderr: decoder.decode(stderr),
+  };
+}
+
 Deno.test("deno task server --help lists every option with its default", async () => {
   const { code, stdout, stderr } = await run("server", "--help");
   assert.equal(code, 0);
@@ -621,32 +636,32 @@ Deno.test("deno task server: an address in use is exit code 1 and one line", asy
 });
 
 Deno.test("server.ts without --allow-net names the permission to grant", async () => {
-  const { code, stderr } = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--unstable-net", "--no-prompt", "server.ts", "--port", "0"],
-    cwd: ROOT,
-    env: { NO_COLOR: "1" },
-    stdin: "null",
-  }).output();
+  const { code, stderr } = await runDeno(
+    "--unstable-net",
+    "--no-prompt",
+    "server.ts",
+    "--port",
+    "0",
+  );
   assert.equal(code, 1);
   assert.match(
-    decoder.decode(stderr),
+    stderr,
     /^error: cannot listen on 127\.0\.0\.1:0: .*--allow-net/,
   );
 });
 
 Deno.test("server.ts and client.ts without --unstable-net say that they need it", async () => {
   for (const script of ["server.ts", "client.ts"]) {
-    const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
-      // --no-config: else deno.json's "unstable" would supply the flag.
-      args: ["run", "--no-config", "--allow-net=127.0.0.1", script],
-      cwd: ROOT,
-      env: { NO_COLOR: "1" },
-      stdin: "null",
-    }).output();
+    // --no-config: else deno.json's "unstable" would supply the flag.
+    const { code, stdout, stderr } = await runDeno(
+      "--no-config",
+      "--allow-net=127.0.0.1",
+      script,
+    );
     assert.equal(code, 1);
-    assert.equal(decoder.decode(stdout), "");
+    assert.equal(stdout, "");
     assert.equal(
-      decoder.decode(stderr),
+      stderr,
       "error: Deno.listenDatagram is unstable: run with --unstable-net\n",
     );
   }
