@@ -7,7 +7,7 @@
  * `server.ts --chat`.
  *
  * ```sh
- * deno run --unstable-net --allow-net=127.0.0.0/8 client.ts   # --help for the options
+ * deno run --unstable-net --no-prompt '--allow-net=127.0.0.1,[::1],localhost' client.ts
  * ```
  *
  * Permissions: `--allow-net` for the server's address, and for the local
@@ -208,7 +208,8 @@ function tooLong(data: Uint8Array): string {
 /** An error's message as the end of a line: "Address already in use (os error 98)" becomes "address already in use". */
 function reason(error: unknown): string {
   const message = error instanceof Error ? error.message : String(error);
-  const text = message.replace(/ \(os error \d+\)$/, "");
+  // Deno 2.0 adds the system's words again: "... (os error 98): Address ...".
+  const text = message.replace(/ \(os error \d+\).*$/s, "");
   // A plain first word loses its capital; a name such as "Deno.listen" keeps it.
   return /^[A-Z][a-z]* /.test(text)
     ? text[0].toLowerCase() + text.slice(1)
@@ -231,22 +232,30 @@ function parseOptions(args: string[]) {
     args,
     allowPositionals: true,
     options: {
-      hostname: { type: "string", short: "H", default: DEFAULT_HOSTNAME },
-      port: { type: "string", short: "p", default: String(DEFAULT_PORT) },
-      count: { type: "string", short: "c", default: "1" },
-      wait: { type: "boolean", short: "w", default: false },
-      timeout: { type: "string", short: "t", default: String(DEFAULT_TIMEOUT) },
-      interactive: { type: "boolean", short: "i", default: false },
-      help: { type: "boolean", short: "h", default: false },
+      hostname: { type: "string", short: "H" },
+      port: { type: "string", short: "p" },
+      count: { type: "string", short: "c" },
+      wait: { type: "boolean", short: "w" },
+      timeout: { type: "string", short: "t" },
+      interactive: { type: "boolean", short: "i" },
+      help: { type: "boolean", short: "h" },
     },
   });
+  // Defaults here, not in parseArgs: the types of Deno 2.0 do not know that
+  // an option with a default is always there.
+  const {
+    hostname = DEFAULT_HOSTNAME,
+    port = String(DEFAULT_PORT),
+    count = "1",
+    timeout = String(DEFAULT_TIMEOUT),
+  } = values;
   const words = positionals.length > 0
     ? positionals.join(" ")
     : DEFAULT_MESSAGE;
   const message = encoder.encode(words);
   if (message.length > MAX_MESSAGE) throw new UsageError(tooLong(message));
   const alone = positionals.length === 0 && !values.wait &&
-    values.count === "1";
+    count === "1";
   if (values.interactive && !alone) {
     throw new UsageError(
       "--interactive sends the lines of its input: give it no message, --count or --wait",
@@ -255,16 +264,24 @@ function parseOptions(args: string[]) {
   return {
     ...values,
     // Accept [::1], the form in which IPv6 addresses are printed, as well as ::1.
-    hostname: values.hostname.replace(/^\[(.*)\]$/, "$1"),
+    hostname: hostname.replace(/^\[(.*)\]$/, "$1"),
     message,
-    port: integer("--port", values.port, 1, 65_535),
-    count: integer("--count", values.count, 1, Infinity),
+    port: integer("--port", port, 1, 65_535),
+    count: integer("--count", count, 1, Infinity),
     // The longest delay setTimeout() takes.
-    timeout: integer("--timeout", values.timeout, 1, 2 ** 31 - 1),
+    timeout: integer("--timeout", timeout, 1, 2 ** 31 - 1),
   };
 }
 
 async function main(args: string[]): Promise<number> {
+  // Deno 1.x runs this file but differs in ways that matter (permissions,
+  // unstable APIs): say so rather than fail in some odd way later.
+  if (Number(Deno.version.deno.split(".")[0]) < 2) {
+    console.error(
+      `error: this needs Deno 2.0 or newer, not ${Deno.version.deno}: run deno upgrade`,
+    );
+    return 1;
+  }
   let options;
   try {
     options = parseOptions(args);

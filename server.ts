@@ -6,11 +6,12 @@
  * with `--chat` it relays each one to everyone else who has spoken lately.
  *
  * ```sh
- * deno run --unstable-net --no-prompt --allow-net=127.0.0.0/8 server.ts   # --help for the options
+ * deno run --unstable-net --no-prompt '--allow-net=127.0.0.1,[::1],localhost' server.ts
  * ```
  *
  * Permissions: `--allow-net` for the address it listens on and for the senders
- * it replies to (`--echo`, `--chat`). `--unstable-net` because
+ * it replies to (`--echo`, `--chat`); quoted, because zsh takes an unquoted
+ * `[::1]` for a pattern. `--unstable-net` because
  * `Deno.listenDatagram` is still unstable. `--no-prompt`: a reply to an address
  * outside the allow list then fails and is reported, instead of stopping the
  * server at a permission prompt.
@@ -263,7 +264,8 @@ function isClosed(error: unknown): boolean {
 /** An error's message as the end of a line: "Address already in use (os error 98)" becomes "address already in use". */
 function reason(error: unknown): string {
   const message = error instanceof Error ? error.message : String(error);
-  const text = message.replace(/ \(os error \d+\)$/, "");
+  // Deno 2.0 adds the system's words again: "... (os error 98): Address ...".
+  const text = message.replace(/ \(os error \d+\).*$/s, "");
   // A plain first word loses its capital; a name such as "Deno.listen" keeps it.
   return /^[A-Z][a-z]* /.test(text)
     ? text[0].toLowerCase() + text.slice(1)
@@ -279,28 +281,42 @@ function parseOptions(args: string[]) {
   const { values } = parseArgs({
     args,
     options: {
-      hostname: { type: "string", short: "H", default: DEFAULT_HOSTNAME },
-      port: { type: "string", short: "p", default: String(DEFAULT_PORT) },
-      echo: { type: "boolean", default: false },
-      chat: { type: "boolean", default: false },
-      help: { type: "boolean", short: "h", default: false },
+      hostname: { type: "string", short: "H" },
+      port: { type: "string", short: "p" },
+      echo: { type: "boolean" },
+      chat: { type: "boolean" },
+      help: { type: "boolean", short: "h" },
     },
   });
-  const port = Number(values.port);
-  if (!/^\d+$/.test(values.port) || port > 65_535) {
+  // Defaults here, not in parseArgs: the types of Deno 2.0 do not know that
+  // an option with a default is always there.
+  const text = values.port ?? String(DEFAULT_PORT);
+  const port = Number(text);
+  if (!/^\d+$/.test(text) || port > 65_535) {
     throw new UsageError(
-      `--port must be an integer from 0 to 65535, not "${values.port}"`,
+      `--port must be an integer from 0 to 65535, not "${text}"`,
     );
   }
   if (values.echo && values.chat) {
     throw new UsageError("--echo and --chat cannot be used together");
   }
   // Accept [::1], the form in which IPv6 addresses are printed, as well as ::1.
-  const hostname = values.hostname.replace(/^\[(.*)\]$/, "$1");
+  const hostname = (values.hostname ?? DEFAULT_HOSTNAME).replace(
+    /^\[(.*)\]$/,
+    "$1",
+  );
   return { ...values, hostname, port };
 }
 
 async function main(args: string[]): Promise<number> {
+  // Deno 1.x runs this file but differs in ways that matter (permissions,
+  // unstable APIs): say so rather than fail in some odd way later.
+  if (Number(Deno.version.deno.split(".")[0]) < 2) {
+    console.error(
+      `error: this needs Deno 2.0 or newer, not ${Deno.version.deno}: run deno upgrade`,
+    );
+    return 1;
+  }
   let options;
   try {
     options = parseOptions(args);
