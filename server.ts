@@ -11,102 +11,413 @@
  *
  * Permissions: `--allow-net` for the address it listens on and for the senders
  * it replies to (`--echo`, `--chat`); quoted, because zsh takes an unquoted
- * `[::1]` for a pattern. `--unstable-net` because
- * `Deno.listenDatagram` is still unstable. `--no-prompt`: a reply to an address
- * outside the allow list then fails and is reported, instead of stopping the
- * server at a permission prompt.
+ * `[::1]` for a pattern. `--unstable-net` because `Deno.listenDatagram` is
+ * still unstable. `--no-prompt`: a reply to an address outside the allow list
+ * then fails and is reported, instead of stopping the server at a prompt.
+ *
+ * @example Serve until aborted, in a program of your own
+ * ```ts ignore
+ * import { serve } from "./server.ts";
+ *
+ * const controller = new AbortController();
+ * Deno.addSignalListener("SIGINT", () => controller.abort());
+ * const { datagrams } = await serve({ port: 0, signal: controller.signal });
+ * console.error(`${datagrams} datagrams`);
+ * ```
  *
  * @module
  */
 import { parseArgs } from "node:util";
 
+/** The tutorial's address: loopback, so only this machine can send to it. */
 export const DEFAULT_HOSTNAME = "127.0.0.1";
+/** The tutorial's port. */
 export const DEFAULT_PORT = 6789;
-// Chat members who stay silent this long leave. The cap on members keeps
-// spoofed senders from growing the table without end.
-const CHAT_IDLE_MINUTES = 5;
-const CHAT_MAX_MEMBERS = 100;
-// A UDP datagram carries at most 65,507 bytes over IPv4 (65,535 minus the
-// 20-byte IP and 8-byte UDP headers), 65,527 over IPv6: 64 KiB holds either.
-const BUFFER_SIZE = 65_536;
-// Output is written in batches of up to this many characters.
-const BATCH_SIZE = 65_536;
 
-const USAGE = `Usage: deno task server [options]
-
-Prints every UDP datagram that arrives, one line each, with its sender.
-
-Options:
-  -H, --hostname <host>  address to listen on (default: ${DEFAULT_HOSTNAME})
-  -p, --port <port>      port to listen on, 0 for any free one (default: ${DEFAULT_PORT})
-      --echo             send every datagram back to its sender
-      --chat             relay every datagram to the other chat members: the
-                         addresses that sent one in the last ${CHAT_IDLE_MINUTES} minutes
-                         (at most ${CHAT_MAX_MEMBERS} of them)
-  -h, --help             show this help`;
-
-/** Where `serve()` writes its lines, such as `Deno.stdout`. */
-export interface Output {
-  writeSync(data: Uint8Array): number;
+/**
+ * The tutorial's server: binds a UDP socket and prints every datagram that
+ * arrives, one line each, until `signal` aborts or the output goes away.
+ * Then it writes the lines still waiting and says what it received.
+ */
+export async function serve(options: ServeOptions = {}): Promise<Summary> {
+  const { hostname = DEFAULT_HOSTNAME, port = DEFAULT_PORT, signal } = options;
+  const { echo = false, chat, output = Deno.stdout } = options;
+  // 1. Bind. There is no listen() or accept(): UDP has no connections, so
+  // this one socket receives from every sender, and each datagram says who
+  // sent it.
+  const conn = Deno.listenDatagram({ transport: "udp", hostname, port });
+  const stopped = Promise.withResolvers<void>();
+  let open = true;
+  const stop = () => {
+    if (open) conn.close();
+    open = false;
+    stopped.resolve();
+  };
+  signal?.addEventListener("abort", stop, { once: true });
+  if (signal?.aborted) stop();
+  const lines = new LinePrinter(output, stop);
+  options.onListen?.(conn.addr as Deno.NetAddr);
+  // 2. Loop on recvfrom(). The tutorial's recvfrom(1024) keeps 1024 bytes of
+  // a datagram and drops the rest; 64 KiB holds the largest whole. The buffer
+  // is reused, as recvfrom() fills one: a fresh one per datagram would make
+  // garbage, and the collector's pauses would let the socket's queue overflow.
+  const buffer = new Uint8Array(65_536);
+  let datagrams = 0, bytes = 0;
+  try {
+    while (true) {
+      let data, from;
+      try {
+        [data, from] = await conn.receive(buffer);
+      } catch (error) {
+        if (isClosed(error)) break;
+        // Windows fails a receive after a reply went to a closed port; that
+        // concerns the reply, not the datagrams to come.
+        if (!(error instanceof Deno.errors.ConnectionReset)) throw error;
+        warn(`warning: ${reason(error)}`);
+        continue;
+      }
+      datagrams++;
+      bytes += data.length;
+      // 3. Print it: one line, its sender first, its bytes made safe to print.
+      lines.print(from as Deno.NetAddr, data);
+      if (echo) await reply(conn, data, from as Deno.NetAddr);
+      if (chat) await relay(conn, data, from as Deno.NetAddr, chat);
+      // The output is far behind: stop reading until it catches up. Meanwhile
+      // the kernel queues what arrives, and drops what does not fit, as it does
+      // for any receiver that is too slow.
+      if (lines.full) await Promise.race([lines.room(), stopped.promise]);
+    }
+  } finally {
+    stop();
+    signal?.removeEventListener("abort", stop);
+  }
+  return { datagrams, bytes, ...await lines.finish(STOP_GRACE_MS) };
 }
 
+/** How `serve()` listens and what it does with each datagram. */
 export interface ServeOptions {
+  /** The address to listen on (default: `127.0.0.1`). */
+  hostname?: string;
+  /** The port to listen on, 0 for any free one (default: 6789). */
+  port?: number;
   /** Send every datagram back to its sender. */
   echo?: boolean;
   /** Relay every datagram to the other members of this chat. */
   chat?: ChatRoom;
+  /** Stops the server when aborted. */
+  signal?: AbortSignal;
+  /** Called once the socket is bound, with its address (and the port chosen for port 0). */
+  onListen?: (addr: Deno.NetAddr) => void;
   /** Where the lines go (default: `Deno.stdout`). */
   output?: Output;
 }
 
-/** What `serve()` received before its socket was closed. */
+/** What `serve()` received, and what its output did not take. */
 export interface Summary {
+  /** Datagrams received. */
   datagrams: number;
+  /** Bytes received. */
   bytes: number;
+  /** Lines not written: the output failed, or took longer than 1 s after the stop. */
+  unwritten: number;
+  /** Why the output failed, if it did: `BrokenPipe` when its reader went away. */
+  outputError?: Error;
+}
+
+/** Where `serve()` writes its lines: `Deno.stdout`, or any writer like it. */
+export interface Output {
+  /** Writes some of `data`, and says how many bytes. */
+  write(data: Uint8Array): Promise<number>;
+}
+
+// Printing: output must never hold up receiving. A UDP sender does not wait
+// for the receiver: while the server waits for its output (a slow terminal, a
+// pipe whose reader pauses), datagrams pile up in the socket's queue, and
+// once it is full the kernel drops them. So lines are collected in chunks and
+// written in the background, with Deno.stdout.write(), which Deno runs on a
+// thread of its own: the receive loop, the signals and the stop carry on
+// whatever the output does.
+
+// The chunks waiting for the output take at most CHUNKS x CHUNK_SIZE bytes (1
+// MiB): past that, the server stops reading its socket (see serve()).
+const CHUNK_SIZE = 65_536;
+const CHUNKS = 16;
+// A line waits at most this long to be written, so that it shows promptly
+// while lines arriving together still share one write.
+const FLUSH_MS = 10;
+// Another program on the same pipe may make it non-blocking: a write to a full
+// pipe then fails with WouldBlock instead of waiting, and is tried again. Deno
+// writes stdout through a line buffer, so that only a write of whole lines is
+// either taken whole or not at all; and a pipe takes at most 4096 bytes
+// (PIPE_BUF) all or nothing. So writes are of whole lines, 4096 bytes at most
+// (a longer line goes in pieces of 4096 bytes).
+const PIECE_SIZE = 4096;
+const RETRY_MS = 5;
+// On a stop, the lines still waiting get this long to be written.
+const STOP_GRACE_MS = 1000;
+// Each sender's line prefix is kept, to make no new string per datagram. At
+// most this many, since forged source addresses have no end.
+const PREFIXES = 1024;
+
+/** A chunk of lines waiting to be written. */
+interface Chunk {
+  bytes: Uint8Array;
+  lines: number;
 }
 
 /**
- * Prints every datagram that arrives on `conn`, one line each, until `conn` is
- * closed; then prints the lines still waiting and returns what it received.
+ * Turns datagrams into lines, `Message from <sender>: <text>`, collects them
+ * in chunks and writes the chunks in the background, in order.
  */
-export async function serve(
-  conn: Deno.DatagramConn,
-  options: ServeOptions = {},
-): Promise<Summary> {
-  const { echo = false, chat, output = Deno.stdout } = options;
-  const lines = new LineWriter(output);
-  const summary = { datagrams: 0, bytes: 0 };
-  // The tutorial's recvfrom(1024) takes at most 1024 bytes of a datagram and
-  // silently drops the rest. This buffer holds any datagram whole, and it is
-  // reused for every receive, as recvfrom(bufsize) fills one buffer. Without
-  // it, every receive() allocates a fresh 64 KiB buffer, and under load the
-  // garbage collector's pauses let the socket's queue overflow.
-  const buffer = new Uint8Array(BUFFER_SIZE);
-  try {
-    while (true) {
-      try {
-        // There is no accept(): one socket receives from every sender, and
-        // each datagram says who sent it.
-        const [data, addr] = await conn.receive(buffer);
-        const from = addr as Deno.NetAddr;
-        summary.datagrams++;
-        summary.bytes += data.length;
-        const text = printable(decoder.decode(data));
-        lines.write(`Message from ${formatAddress(from)}: ${text}\n`);
-        if (echo) await reply(conn, data, from);
-        if (chat) await relay(conn, data, from, chat.hear(from, Date.now()));
-      } catch (error) {
-        if (isClosed(error)) break;
-        // On Windows, a receive fails after a reply went to a closed port.
-        if (!(error instanceof Deno.errors.ConnectionReset)) throw error;
-        console.error(`warning: ${reason(error)}`);
-      }
-    }
-  } finally {
-    lines.flush();
+export class LinePrinter {
+  #output: Output;
+  #onError: () => void;
+  #chunk: Uint8Array = new Uint8Array(CHUNK_SIZE);
+  #length = 0;
+  #lines = 0;
+  #spare: Uint8Array[] = [];
+  #queue: Chunk[] = [];
+  #offset = 0; // how much of #queue[0] is written
+  #writing: Promise<void> | undefined;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #room: PromiseWithResolvers<void> | undefined;
+  #error: Error | undefined;
+  #printed = 0;
+  #written = 0;
+  #prefixes = new Map<string, Map<number, Uint8Array>>();
+  #prefixCount = 0;
+
+  /** Writes to `output`; calls `onError` if it fails. */
+  constructor(output: Output, onError: () => void = () => {}) {
+    this.#output = output;
+    this.#onError = onError;
   }
-  return summary;
+
+  /** Adds the line for `data` from `from`; it is written within 10 ms. */
+  print(from: Deno.NetAddr, data: Uint8Array): void {
+    const prefix = this.#prefix(from);
+    // Printable ASCII, the common case, goes as it is: no string is made.
+    const text = isPlain(data)
+      ? data
+      : encoder.encode(printable(decoder.decode(data)));
+    const size = prefix.length + text.length + 1;
+    if (this.#length + size > CHUNK_SIZE) this.#flush();
+    const line = size > CHUNK_SIZE ? new Uint8Array(size) : this.#chunk;
+    const start = line === this.#chunk ? this.#length : 0;
+    line.set(prefix, start);
+    line.set(text, start + prefix.length);
+    line[start + size - 1] = 0x0a; // "\n"
+    this.#printed++;
+    if (line !== this.#chunk) { // longer than a chunk: a chunk of its own
+      return this.#enqueue({ bytes: line, lines: 1 });
+    }
+    this.#length += size;
+    this.#lines++;
+    this.#timer ??= setTimeout(() => this.#flush(), FLUSH_MS);
+  }
+
+  /** Whether CHUNKS chunks are waiting for the output. */
+  get full(): boolean {
+    return this.#queue.length >= CHUNKS;
+  }
+
+  /** Resolves when a chunk has been written. */
+  room(): Promise<void> {
+    this.#room ??= Promise.withResolvers();
+    return this.#room.promise;
+  }
+
+  /**
+   * Writes the lines still waiting, within `graceMs`; then says how many
+   * lines were not written, and why the output failed, if it did.
+   */
+  async finish(graceMs: number): Promise<Omit<Summary, "datagrams" | "bytes">> {
+    this.#flush();
+    let timer;
+    const late = new Promise((resolve) => timer = setTimeout(resolve, graceMs));
+    await Promise.race([this.#writing, late]);
+    clearTimeout(timer);
+    // The lines of a chunk written in part count as written.
+    const head = this.#queue[0]?.bytes.subarray(0, this.#offset);
+    let partial = 0;
+    for (
+      let i = head?.indexOf(0x0a) ?? -1;
+      i >= 0;
+      i = head!.indexOf(0x0a, i + 1)
+    ) {
+      partial++;
+    }
+    const unwritten = this.#printed - this.#written - partial;
+    return { unwritten, outputError: this.#error };
+  }
+
+  /** `Message from 127.0.0.1:51610: `, made once per sender. */
+  #prefix({ hostname, port }: Deno.NetAddr): Uint8Array {
+    let ports = this.#prefixes.get(hostname);
+    let prefix = ports?.get(port);
+    if (prefix) return prefix;
+    if (this.#prefixCount >= PREFIXES) {
+      this.#prefixes.clear();
+      this.#prefixCount = 0;
+      ports = undefined;
+    }
+    if (!ports) this.#prefixes.set(hostname, ports = new Map());
+    const from = formatAddress({ transport: "udp", hostname, port });
+    prefix = encoder.encode(`Message from ${from}: `);
+    ports.set(port, prefix);
+    this.#prefixCount++;
+    return prefix;
+  }
+
+  /** Sends the chunk being filled to the output, and starts a new one. */
+  #flush() {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    if (this.#length === 0) return;
+    const chunk = {
+      bytes: this.#chunk.subarray(0, this.#length),
+      lines: this.#lines,
+    };
+    this.#chunk = this.#spare.pop() ?? new Uint8Array(CHUNK_SIZE);
+    this.#length = 0;
+    this.#lines = 0;
+    this.#enqueue(chunk);
+  }
+
+  #enqueue(chunk: Chunk) {
+    this.#queue.push(chunk);
+    this.#writing ??= this.#write().finally(() => this.#writing = undefined);
+  }
+
+  /** Writes the queued chunks in order, until none is left or the output fails. */
+  async #write() {
+    while (this.#queue.length > 0 && !this.#error) {
+      const { bytes, lines } = this.#queue[0];
+      try {
+        this.#offset += await this.#output.write(piece(bytes, this.#offset));
+      } catch (error) {
+        if (error instanceof Deno.errors.Interrupted) continue;
+        if (error instanceof Deno.errors.WouldBlock) {
+          await new Promise((resolve) => setTimeout(resolve, RETRY_MS));
+          continue;
+        }
+        this.#error = error instanceof Error ? error : new Error(String(error));
+        this.#onError();
+        return;
+      }
+      if (this.#offset < bytes.length) continue;
+      this.#queue.shift();
+      this.#offset = 0;
+      this.#written += lines;
+      if (
+        bytes.buffer.byteLength === CHUNK_SIZE && this.#spare.length < CHUNKS
+      ) {
+        this.#spare.push(new Uint8Array(bytes.buffer));
+      }
+      this.#room?.resolve();
+      this.#room = undefined;
+    }
+  }
 }
+
+/** The next write of `bytes` from `start`: whole lines, at most PIECE_SIZE bytes. */
+function piece(bytes: Uint8Array, start: number): Uint8Array {
+  let end = Math.min(start + PIECE_SIZE, bytes.length);
+  if (end < bytes.length) {
+    const newline = bytes.lastIndexOf(0x0a, end - 1);
+    if (newline >= start) end = newline + 1;
+  }
+  return bytes.subarray(start, end);
+}
+
+/** Whether every byte of `data` is printable ASCII other than a backslash. */
+function isPlain(data: Uint8Array): boolean {
+  for (let i = 0; i < data.length; i++) {
+    const byte = data[i];
+    if (byte < 0x20 || byte > 0x7e || byte === 0x5c) return false;
+  }
+  return true;
+}
+
+const encoder = new TextEncoder();
+// Not fatal: bytes that are not UTF-8 become U+FFFD instead of an error. And
+// a leading byte order mark is kept, to be shown, not silently dropped.
+const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
+const ESCAPES: Record<string, string> = {
+  "\n": "\\n",
+  "\r": "\\r",
+  "\t": "\\t",
+  "\\": "\\\\",
+};
+// What must not reach a terminal or a reader of the output raw: control
+// characters (C0, DEL, C1), which move the cursor, clear or retitle a
+// terminal; U+2028 and U+2029, which some tools take for line breaks; the
+// bidirectional controls, which reorder what a terminal shows (Trojan
+// Source); the byte order mark, invisible; and the backslash, which starts
+// every escape.
+const UNSAFE =
+  /[\p{Cc}\\\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]/gu;
+
+/**
+ * `text` made safe to print on one line: control characters are escaped as
+ * `\n` or `\x1b`, line separators, bidirectional controls and U+FEFF as
+ * `\u2028`, and a backslash is doubled, so that no escape can be forged.
+ */
+export function printable(text: string): string {
+  return text.replace(UNSAFE, (char) => ESCAPES[char] ?? escape(char));
+}
+
+function escape(char: string): string {
+  const code = char.charCodeAt(0);
+  const hex = code.toString(16);
+  return code < 0x100
+    ? `\\x${hex.padStart(2, "0")}`
+    : `\\u${hex.padStart(4, "0")}`;
+}
+
+/** `127.0.0.1:6789`, or `[::1]:6789` for IPv6. */
+export function formatAddress({ hostname, port }: Deno.NetAddr): string {
+  return hostname.includes(":")
+    ? `[${hostname}]:${port}`
+    : `${hostname}:${port}`;
+}
+
+// Echo and chat: replies to whoever the datagram claims to come from.
+
+/** Sends `data` to `to`. A failure concerns that peer only: it is reported, and serving goes on. */
+async function reply(
+  conn: Deno.DatagramConn,
+  data: Uint8Array,
+  to: Deno.NetAddr,
+) {
+  try {
+    await conn.send(data, to);
+  } catch (error) {
+    if (isClosed(error)) return;
+    warn(`warning: cannot send to ${formatAddress(to)}: ${reason(error)}`);
+  }
+}
+
+/** Relays `data` from `from`, marked with who said it, to the chat's other members. */
+async function relay(
+  conn: Deno.DatagramConn,
+  data: Uint8Array,
+  from: Deno.NetAddr,
+  chat: ChatRoom,
+) {
+  const members = chat.hear(from, Date.now());
+  if (members.length === 0) return;
+  const mark = encoder.encode(`<${formatAddress(from)}> `);
+  const marked = new Uint8Array(mark.length + data.length);
+  marked.set(mark);
+  marked.set(data, mark.length);
+  for (const member of members) await reply(conn, marked, member);
+}
+
+// Chat members who stay silent this long leave. The cap on members keeps
+// spoofed senders from growing the table without end.
+const CHAT_IDLE_MINUTES = 5;
+const CHAT_MAX_MEMBERS = 100;
 
 /**
  * The members of a chat: every address that sent a datagram lately. A
@@ -114,11 +425,14 @@ export async function serve(
  * but not relayed, until a member has been silent long enough to leave.
  */
 export class ChatRoom {
+  /** The most members at once. */
   readonly maxMembers: number;
+  /** How long a silent member stays, in milliseconds. */
   readonly idleMs: number;
   // Least recently heard first: Map keeps insertion order.
   #members = new Map<string, { addr: Deno.NetAddr; heard: number }>();
 
+  /** A chat of at most `maxMembers` (100), who leave after `idleMs` (5 minutes) of silence. */
   constructor(
     { maxMembers = CHAT_MAX_MEMBERS, idleMs = CHAT_IDLE_MINUTES * 60_000 } = {},
   ) {
@@ -149,112 +463,6 @@ export class ChatRoom {
   }
 }
 
-/**
- * Collects lines and writes them in batches: one system call for all the lines
- * that arrive within a timer tick, where `console.log` makes one per line.
- * A slow output (a terminal, a full pipe) blocks `write()`, and so slows the
- * server down instead of piling up lines in memory.
- */
-export class LineWriter {
-  #output: Output;
-  #lines: string[] = [];
-  #size = 0;
-  #timer: ReturnType<typeof setTimeout> | undefined;
-  #error: unknown;
-
-  constructor(output: Output) {
-    this.#output = output;
-  }
-
-  /** Queues `line`; it is written soon, or at once if the batch is full. */
-  write(line: string): void {
-    if (this.#error) throw this.#error;
-    this.#lines.push(line);
-    this.#size += line.length;
-    if (this.#size >= BATCH_SIZE) return this.flush();
-    this.#timer ??= setTimeout(() => {
-      try {
-        this.flush();
-      } catch (error) {
-        this.#error = error; // thrown by the next write()
-      }
-    });
-  }
-
-  /** Writes every queued line now. */
-  flush(): void {
-    clearTimeout(this.#timer);
-    this.#timer = undefined;
-    if (this.#error) throw this.#error;
-    let bytes = encoder.encode(this.#lines.join(""));
-    this.#lines = [];
-    this.#size = 0;
-    while (bytes.length > 0) {
-      bytes = bytes.subarray(this.#output.writeSync(bytes));
-    }
-  }
-}
-
-const encoder = new TextEncoder();
-// Not fatal: bytes that are not UTF-8 become U+FFFD instead of an error.
-const decoder = new TextDecoder();
-const ESCAPES: Record<string, string> = {
-  "\n": "\\n",
-  "\r": "\\r",
-  "\t": "\\t",
-  "\\": "\\\\",
-};
-
-/**
- * `text` made safe to print: control characters (C0, DEL, C1: ESC, BEL, CR,
- * LF, NUL, U+009B, ...) are escaped as `\n` or `\x1b`, so that no datagram
- * can move the cursor, retitle or clear a terminal, or split its line. A
- * backslash is doubled, so that an escape cannot be forged either.
- */
-export function printable(text: string): string {
-  return text.replace(/[\p{Cc}\\]/gu, (char) =>
-    ESCAPES[char] ??
-      `\\x${char.charCodeAt(0).toString(16).padStart(2, "0")}`);
-}
-
-/** `127.0.0.1:6789`, or `[::1]:6789` for IPv6. */
-export function formatAddress({ hostname, port }: Deno.NetAddr): string {
-  return hostname.includes(":")
-    ? `[${hostname}]:${port}`
-    : `${hostname}:${port}`;
-}
-
-/** Sends `data` to `to`. A failure concerns that peer only: it is reported, and serving goes on. */
-async function reply(
-  conn: Deno.DatagramConn,
-  data: Uint8Array,
-  to: Deno.NetAddr,
-) {
-  try {
-    await conn.send(data, to);
-  } catch (error) {
-    if (isClosed(error)) throw error;
-    console.error(
-      `warning: cannot send to ${formatAddress(to)}: ${reason(error)}`,
-    );
-  }
-}
-
-/** Sends `data` from `from`, marked with who said it, to each of `members`. */
-async function relay(
-  conn: Deno.DatagramConn,
-  data: Uint8Array,
-  from: Deno.NetAddr,
-  members: Deno.NetAddr[],
-) {
-  if (members.length === 0) return;
-  const mark = encoder.encode(`<${formatAddress(from)}> `);
-  const marked = new Uint8Array(mark.length + data.length);
-  marked.set(mark);
-  marked.set(data, mark.length);
-  for (const member of members) await reply(conn, marked, member);
-}
-
 /** Whether `error` says that the socket was closed, which is how the loop ends. */
 function isClosed(error: unknown): boolean {
   return error instanceof Deno.errors.BadResource ||
@@ -267,10 +475,36 @@ function reason(error: unknown): string {
   // Deno 2.0 adds the system's words again: "... (os error 98): Address ...".
   const text = message.replace(/ \(os error \d+\).*$/s, "");
   // A plain first word loses its capital; a name such as "Deno.listen" keeps it.
-  return /^[A-Z][a-z]* /.test(text)
+  const line = /^[A-Z][a-z]* /.test(text)
     ? text[0].toLowerCase() + text.slice(1)
     : text;
+  return printable(line);
 }
+
+/** Prints a diagnostic line on stderr. */
+function warn(line: string) {
+  console.error(line);
+}
+
+// The command line.
+
+const USAGE = `Usage: deno task server [options]
+
+Prints every UDP datagram that arrives, one line each, with its sender.
+
+Options:
+  -H, --hostname <host>  address to listen on (default: ${DEFAULT_HOSTNAME})
+  -p, --port <port>      port to listen on, 0 for any free one (default: ${DEFAULT_PORT})
+      --echo             send every datagram back to its sender
+      --chat             relay every datagram to the other chat members: the
+                         addresses that sent one in the last ${CHAT_IDLE_MINUTES} minutes
+                         (at most ${CHAT_MAX_MEMBERS} of them)
+  -h, --help             show this help`;
+
+// Exit codes: 0 stopped with every line written; 1 a failure, or lines that
+// the output did not take within 1 s of the stop; 2 a usage error; 141 the
+// output's reader went away (128 + SIGPIPE, as for `yes | head`).
+const EXIT_CLOSED = 141;
 
 class UsageError extends Error {}
 
@@ -321,7 +555,7 @@ async function main(args: string[]): Promise<number> {
   try {
     options = parseOptions(args);
   } catch (error) {
-    console.error(`error: ${printable(reason(error))}`);
+    console.error(`error: ${reason(error)}`);
     return 2;
   }
   if (options.help) {
@@ -337,46 +571,61 @@ async function main(args: string[]): Promise<number> {
     return 1;
   }
   const { hostname, port, echo } = options;
-  let conn: Deno.DatagramConn;
-  try {
-    conn = Deno.listenDatagram({ transport: "udp", hostname, port });
-  } catch (error) {
-    const where = printable(
-      formatAddress({ transport: "udp", hostname, port }),
-    );
-    console.error(`error: cannot listen on ${where}: ${reason(error)}`);
-    return 1;
-  }
   // Ctrl+C may arrive twice (under `deno task`, from the terminal and again
-  // from the task runner), so stopping must be idempotent. The listeners go
-  // in before we say that we listen, and stay until Deno.exit(): a SIGINT
-  // with no listener would kill the process, summary and all.
-  let stopped = false;
-  const stop = () => {
-    if (!stopped) conn.close();
-    stopped = true;
-  };
+  // from the task runner); aborting twice is harmless. The listeners go in
+  // before the socket is bound, and stay until Deno.exit(): a SIGINT with no
+  // listener would kill the process, summary and all.
+  const controller = new AbortController();
+  const stop = () => controller.abort();
   Deno.addSignalListener("SIGINT", stop);
   if (Deno.build.os !== "windows") Deno.addSignalListener("SIGTERM", stop);
   const chat = options.chat ? new ChatRoom() : undefined;
   const mode = echo ? " (echo)" : chat ? " (chat)" : "";
-  const here = formatAddress(conn.addr as Deno.NetAddr);
-  console.error(`Listening on ${here}${mode}; Ctrl+C stops`);
+  let listening = false;
+  let summary;
   try {
-    const { datagrams, bytes } = await serve(conn, { echo, chat });
-    const members = chat ? `; ${plural(chat.size, "chat member")}` : "";
-    console.error(
-      `Received ${plural(datagrams, "datagram")}, ${
-        plural(bytes, "byte")
-      }${members}`,
-    );
-    return 0;
+    summary = await serve({
+      hostname,
+      port,
+      echo,
+      chat,
+      signal: controller.signal,
+      onListen(addr) {
+        listening = true;
+        console.error(
+          `Listening on ${formatAddress(addr)}${mode}; Ctrl+C stops`,
+        );
+      },
+    });
   } catch (error) {
-    console.error(`error: ${reason(error)}`);
+    const where = printable(
+      formatAddress({ transport: "udp", hostname, port }),
+    );
+    const context = listening ? "" : `cannot listen on ${where}: `;
+    console.error(`error: ${context}${reason(error)}`);
     return 1;
-  } finally {
-    stop();
   }
+  const { datagrams, bytes, unwritten, outputError } = summary;
+  const members = chat ? `; ${plural(chat.size, "chat member")}` : "";
+  const received = `Received ${plural(datagrams, "datagram")}, ${
+    plural(bytes, "byte")
+  }${members}`;
+  const lost = `${plural(unwritten, "line")} not written`;
+  if (outputError instanceof Deno.errors.BrokenPipe) {
+    console.error(`${received}; the output was closed, ${lost}`);
+    return EXIT_CLOSED;
+  }
+  if (outputError) {
+    console.error(`error: cannot write the output: ${reason(outputError)}`);
+    console.error(`${received}; ${lost}`);
+    return 1;
+  }
+  if (unwritten > 0) {
+    console.error(`${received}; ${lost}: the output did not take them in time`);
+    return 1;
+  }
+  console.error(received);
+  return 0;
 }
 
 function plural(count: number, noun: string): string {

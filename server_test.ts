@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import {
   ChatRoom,
-  LineWriter,
+  LinePrinter,
   type Output,
   serve,
   type ServeOptions,
@@ -56,16 +56,26 @@ async function within<T>(what: string, promise: Promise<T>): Promise<T> {
   }
 }
 
-/** An `Output` that keeps what is written, and tells when lines arrive. */
+/**
+ * An `Output` that keeps what is written, and tells when lines arrive. It
+ * takes at most `takes` bytes a write, and none while `held`.
+ */
 class Collector implements Output {
   text = "";
+  writes: number[] = [];
+  held: Promise<void> | undefined;
   #arrived = Promise.withResolvers<void>();
 
-  writeSync(data: Uint8Array): number {
-    this.text += decoder.decode(data);
+  constructor(readonly takes = Infinity) {}
+
+  async write(data: Uint8Array): Promise<number> {
+    await this.held;
+    const taken = data.subarray(0, this.takes);
+    this.writes.push(data.length);
+    this.text += decoder.decode(taken);
     this.#arrived.resolve();
     this.#arrived = Promise.withResolvers();
-    return data.length;
+    return taken.length;
   }
 
   get lines(): string[] {
@@ -87,14 +97,26 @@ function listen(hostname = "127.0.0.1"): Deno.DatagramConn {
   return Deno.listenDatagram({ transport: "udp", hostname, port: 0 });
 }
 
-/** Runs `serve()` on a free port of `hostname`; `stop()` closes it and returns its summary. */
-function start(options: ServeOptions = {}, hostname = "127.0.0.1") {
-  const conn = listen(hostname);
-  const output = new Collector();
-  const served = serve(conn, { output, ...options });
-  const addr = conn.addr as Deno.NetAddr;
+/** Runs `serve()` on a free port; `stop()` aborts it and returns its summary. */
+async function start(options: ServeOptions = {}) {
+  const controller = new AbortController();
+  const output = options.output as Collector ?? new Collector();
+  const listening = Promise.withResolvers<Deno.NetAddr>();
+  const served = serve({
+    port: 0,
+    output,
+    signal: controller.signal,
+    onListen: listening.resolve,
+    ...options,
+  });
+  const addr = await Promise.race([
+    listening.promise,
+    served.then(() => {
+      throw new Error("serve() ended before it listened");
+    }),
+  ]);
   const stop = () => {
-    conn.close();
+    controller.abort();
     return served;
   };
   return { addr, port: addr.port, output, stop };
@@ -116,8 +138,10 @@ async function receiveText(conn: Deno.DatagramConn): Promise<string> {
   return decoder.decode(data);
 }
 
+const NOTHING_LOST = { unwritten: 0, outputError: undefined };
+
 test("serve() prints the tutorial's message as a line that names its sender", async () => {
-  const server = start();
+  const server = await start();
   try {
     await send(encoder.encode(DEFAULT_MESSAGE), { port: server.port });
     const [line] = await server.output.waitForLines(1);
@@ -126,13 +150,17 @@ test("serve() prints the tutorial's message as a line that names its sender", as
     assert.ok(port, line);
     assert.notEqual(Number(port), server.port);
   } finally {
-    assert.deepEqual(await server.stop(), { datagrams: 1, bytes: 13 });
+    assert.deepEqual(await server.stop(), {
+      datagrams: 1,
+      bytes: 13,
+      ...NOTHING_LOST,
+    });
   }
   assert.equal(server.output.lines.length, 1);
 });
 
 test("serve() prints every datagram of several clients, each client's in order", async () => {
-  const server = start();
+  const server = await start();
   const clients = [listen(), listen(), listen()];
   try {
     // 150 datagrams fit in the socket's queue even if the server read none yet.
@@ -160,8 +188,8 @@ test("serve() prints every datagram of several clients, each client's in order",
   assert.equal(server.output.lines.length, 150);
 });
 
-test("serve() prints empty, invalid UTF-8 and control characters visibly", async () => {
-  const server = start();
+test("serve() prints empty, invalid UTF-8, control and format characters visibly", async () => {
+  const server = await start();
   const client = listen();
   const from = `Message from 127.0.0.1:${(client.addr as Deno.NetAddr).port}: `;
   const datagrams = [
@@ -170,16 +198,26 @@ test("serve() prints empty, invalid UTF-8 and control characters visibly", async
     encoder.encode(
       "\x1b]0;title\x07\x1b[2J\r\nfake line\0\t\x7f\u009b1m\\x1b end",
     ),
+    // Line and paragraph separators, bidi controls (Trojan Source), and a
+    // leading BOM, which a decoder drops unless told not to.
+    encoder.encode(
+      "\ufeffA\u2028Message from 127.0.0.1:6789: forged\u2029\u202eevil\u202c\u2066\u2069\u200f é",
+    ),
   ];
   try {
     for (const data of datagrams) await client.send(data, server.addr);
-    assert.deepEqual(await server.output.waitForLines(3), [
+    assert.deepEqual(await server.output.waitForLines(4), [
       from,
       `${from}\ufffdA\ufffd`,
       `${from}\\x1b]0;title\\x07\\x1b[2J\\r\\nfake line\\x00\\t\\x7f\\x9b1m\\\\x1b end`,
+      `${from}\\ufeffA\\u2028Message from 127.0.0.1:6789: forged\\u2029\\u202eevil\\u202c\\u2066\\u2069\\u200f é`,
     ]);
-    // Nothing raw reaches the output: no C0, DEL or C1 but the line ends.
-    assert.doesNotMatch(server.output.text.replaceAll("\n", ""), /\p{Cc}/u);
+    // Nothing raw reaches the output: no C0, DEL, C1, separator, bidi
+    // control or BOM but the line ends.
+    assert.doesNotMatch(
+      server.output.text.replaceAll("\n", ""),
+      /[\p{Cc}\u2028\u2029\u202a-\u202e\u2066-\u2069\u200e\u200f\ufeff]/u,
+    );
   } finally {
     client.close();
     await server.stop();
@@ -187,7 +225,7 @@ test("serve() prints empty, invalid UTF-8 and control characters visibly", async
 });
 
 test("serve() receives a 65,507-byte datagram whole", async () => {
-  const server = start();
+  const server = await start();
   const client = listen();
   const text = "0123456789abcdef".repeat(4096).slice(0, 65_507);
   try {
@@ -196,22 +234,34 @@ test("serve() receives a 65,507-byte datagram whole", async () => {
     assert.equal(line.slice(line.indexOf(": ") + 2), text);
   } finally {
     client.close();
-    assert.deepEqual(await server.stop(), { datagrams: 1, bytes: 65_507 });
+    assert.deepEqual(await server.stop(), {
+      datagrams: 1,
+      bytes: 65_507,
+      ...NOTHING_LOST,
+    });
   }
 });
 
 test("serve() with echo sends every datagram back byte for byte", async () => {
-  const server = start({ echo: true });
+  const server = await start({ echo: true });
   const client = listen();
   const everyByte = Uint8Array.from({ length: 256 }, (_, i) => i);
   const largest = Uint8Array.from({ length: 65_507 }, (_, i) => i * 7);
   try {
-    for (const data of [everyByte, new Uint8Array(), largest]) {
+    const zeros = new Uint8Array(65_507);
+    for (const data of [everyByte, new Uint8Array(), largest, zeros]) {
       await client.send(data, server.addr);
       const [echoed, from] = await receive(client);
       assertBytes(echoed, data);
       assert.equal((from as Deno.NetAddr).port, server.port);
     }
+    // 65,507 NULs, escaped, make a line four times as long as a chunk of
+    // output: it is written whole all the same.
+    const lines = await server.output.waitForLines(4);
+    assert.equal(
+      lines[3].slice(lines[3].indexOf(": ") + 2),
+      "\\x00".repeat(65_507),
+    );
   } finally {
     client.close();
     await server.stop();
@@ -219,7 +269,7 @@ test("serve() with echo sends every datagram back byte for byte", async () => {
 });
 
 test("serve() with a chat relays each message to the others, not to its sender", async () => {
-  const server = start({ chat: new ChatRoom() });
+  const server = await start({ chat: new ChatRoom() });
   const [a, b, c] = [listen(), listen(), listen()];
   const name = (conn: Deno.DatagramConn) =>
     `<127.0.0.1:${(conn.addr as Deno.NetAddr).port}>`;
@@ -246,7 +296,7 @@ test("serve() with a chat relays each message to the others, not to its sender",
 
 test("serve() prints but does not relay a newcomer when the chat is full", async () => {
   const chat = new ChatRoom({ maxMembers: 2 });
-  const server = start({ chat });
+  const server = await start({ chat });
   const [a, b, c] = [listen(), listen(), listen()];
   const name = (conn: Deno.DatagramConn) =>
     `<127.0.0.1:${(conn.addr as Deno.NetAddr).port}>`;
@@ -292,77 +342,156 @@ test("ChatRoom caps its members and lets silent ones expire", () => {
   assert.equal(chat.size, 1);
 });
 
-test("serve() ends when its socket closes, and the port is free again", async () => {
-  const server = start();
-  assert.deepEqual(await server.stop(), { datagrams: 0, bytes: 0 });
+test("serve() ends when its signal aborts, and the port is free again", async () => {
+  const server = await start();
+  assert.deepEqual(await server.stop(), {
+    datagrams: 0,
+    bytes: 0,
+    ...NOTHING_LOST,
+  });
   const again = Deno.listenDatagram({
     transport: "udp",
     hostname: "127.0.0.1",
     port: server.port,
   });
   again.close();
+  // Aborted before it starts: it binds, then stops at once.
+  const controller = new AbortController();
+  controller.abort();
+  const summary = await serve({ port: 0, signal: controller.signal });
+  assert.equal(summary.datagrams, 0);
 });
 
-test("serve() prints a burst in order, and every line of it when closed", async () => {
-  const conn = listen();
-  const client = listen();
+test("serve() writes every line it read when stopped, in order", async () => {
+  // The output takes nothing until released: at the stop, every line of the
+  // burst is still waiting, and must be written then.
   const output = new Collector();
+  const release = Promise.withResolvers<void>();
+  output.held = release.promise;
+  const server = await start({ output, echo: true });
+  const client = listen();
   const sent = Array.from({ length: 200 }, (_, i) => `burst ${i}`);
-  // All of the burst waits in the socket's queue before the server reads any.
-  for (const text of sent) await client.send(encoder.encode(text), conn.addr);
-  client.close();
-  // The socket closes as soon as the burst's last datagram is read, before a
-  // timer could write the last lines: they are still queued, and serve()
-  // must write them as it ends.
-  let received = 0;
-  const closesAfterBurst = {
-    async receive(buffer?: Uint8Array) {
-      const datagram = await conn.receive(buffer);
-      if (++received === sent.length) conn.close();
-      return datagram;
-    },
-  } as Deno.DatagramConn;
-  const summary = await serve(closesAfterBurst, { output });
-  assert.deepEqual(summary, { datagrams: 200, bytes: sent.join("").length });
+  try {
+    for (const text of sent) {
+      await client.send(encoder.encode(text), server.addr);
+      await receive(client); // the echo: the server has read it
+    }
+  } finally {
+    client.close();
+  }
+  const stopped = server.stop();
+  release.resolve();
+  const summary = await stopped;
+  assert.deepEqual(summary, {
+    datagrams: 200,
+    bytes: sent.join("").length,
+    ...NOTHING_LOST,
+  });
   const from = `Message from 127.0.0.1:${(client.addr as Deno.NetAddr).port}: `;
   assert.deepEqual(output.lines, sent.map((text) => from + text));
 });
 
-test("LineWriter writes lines in batches, and all of them on flush()", async () => {
-  const output = new Collector();
-  const lines = new LineWriter(output);
-  lines.write("one\n");
-  lines.write("two\n");
-  assert.equal(output.text, "", "batched, not written line by line");
-  await output.waitForLines(2); // the batch goes out soon by itself
-  assert.equal(output.text, "one\ntwo\n");
-  lines.write("three\n");
-  lines.flush();
-  assert.equal(output.text, "one\ntwo\nthree\n");
-  const large = "x".repeat(70_000) + "\n";
-  lines.write(large);
-  assert.equal(
-    output.text,
-    `one\ntwo\nthree\n${large}`,
-    "a full batch goes out at once",
+const FROM: Deno.NetAddr = { transport: "udp", hostname: "127.0.0.1", port: 5 };
+
+/** Lines of 10 to 109 bytes, numbered; as printed from FROM. */
+function numbered(count: number) {
+  const texts = Array.from(
+    { length: count },
+    (_, i) => `${i} ${"x".repeat(i % 100)}`,
   );
+  const printed = texts.map((text) => `Message from 127.0.0.1:5: ${text}\n`)
+    .join("");
+  return { data: texts.map((text) => encoder.encode(text)), printed };
+}
+
+test("LinePrinter writes whole lines, 4096 bytes at most, and the rest after a partial write", async () => {
+  const output = new Collector(1000); // takes 1000 bytes a write at most
+  const lines = new LinePrinter(output);
+  const { data, printed } = numbered(2000);
+  for (const datagram of data) lines.print(FROM, datagram);
+  assert.deepEqual(await lines.finish(10_000), NOTHING_LOST);
+  assert.equal(output.text, printed);
+  assert.ok(output.writes.every((size) => size <= 4096), "4096 at most");
 });
 
-test("LineWriter reports a failed write on the next write()", async () => {
-  const failed = Promise.withResolvers<void>();
-  const lines = new LineWriter({
-    writeSync() {
-      failed.resolve();
-      throw new Deno.errors.BrokenPipe("Broken pipe (os error 32)");
+test("LinePrinter tries again after WouldBlock and Interrupted, and loses nothing", async () => {
+  const collector = new Collector();
+  let calls = 0;
+  const lines = new LinePrinter({
+    write(data) {
+      calls++;
+      if (calls % 3 === 1) throw new Deno.errors.WouldBlock("would block");
+      if (calls % 3 === 2) throw new Deno.errors.Interrupted("interrupted");
+      return collector.write(data);
     },
   });
-  lines.write("lost\n");
-  await failed.promise;
-  assert.throws(() => lines.write("next\n"), Deno.errors.BrokenPipe);
+  const { data, printed } = numbered(3000);
+  for (const datagram of data) lines.print(FROM, datagram);
+  assert.deepEqual(await lines.finish(10_000), NOTHING_LOST);
+  assert.equal(collector.text, printed);
+  assert.ok(calls > 3 * 50, `${calls} calls`);
+});
+
+test("LinePrinter stops at a broken pipe, and counts the lines not written", async () => {
+  const collector = new Collector();
+  let failures = 0;
+  const lines = new LinePrinter({
+    write(data) {
+      if (collector.text) {
+        throw new Deno.errors.BrokenPipe("Broken pipe (os error 32)");
+      }
+      return collector.write(data);
+    },
+  }, () => failures++);
+  const { data } = numbered(1000);
+  for (const datagram of data) lines.print(FROM, datagram);
+  const { unwritten, outputError } = await lines.finish(10_000);
+  assert.ok(outputError instanceof Deno.errors.BrokenPipe);
+  assert.equal(failures, 1);
+  assert.equal(collector.lines.length + unwritten, 1000);
+  assert.ok(unwritten > 0);
+});
+
+test("LinePrinter.finish() gives up after its grace, and counts what is left", async () => {
+  const output = new Collector();
+  output.held = new Promise(() => {}); // an output that never takes anything
+  const lines = new LinePrinter(output);
+  const { data } = numbered(500);
+  for (const datagram of data) lines.print(FROM, datagram);
+  const started = Date.now();
+  assert.deepEqual(await lines.finish(50), {
+    unwritten: 500,
+    outputError: undefined,
+  });
+  assert.ok(Date.now() - started < 1000);
+});
+
+test("LinePrinter is full at 16 chunks waiting, and has room once one is written", async () => {
+  const output = new Collector();
+  const release = Promise.withResolvers<void>();
+  output.held = release.promise;
+  const lines = new LinePrinter(output);
+  const line = new Uint8Array(30_000).fill(0x61); // two lines a 64 KiB chunk
+  let printed = 0;
+  while (!lines.full) {
+    lines.print(FROM, line);
+    printed++;
+  }
+  assert.equal(
+    printed,
+    33,
+    "16 chunks of 2 lines, and the line that began the next",
+  );
+  const room = lines.room();
+  release.resolve();
+  await within("room", room);
+  assert.equal(lines.full, false);
+  assert.deepEqual(await lines.finish(10_000), NOTHING_LOST);
+  assert.equal(output.lines.length, 33);
 });
 
 test("send() sends the message count times", async () => {
-  const server = start();
+  const server = await start();
   try {
     await send(encoder.encode("again"), { port: server.port, count: 5 });
     const lines = await server.output.waitForLines(5);
@@ -373,7 +502,7 @@ test("send() sends the message count times", async () => {
 });
 
 test("send() with wait returns the reply and who sent it", async () => {
-  const server = start({ echo: true });
+  const server = await start({ echo: true });
   try {
     const reply = await send(encoder.encode("ping"), {
       port: server.port,
@@ -408,7 +537,7 @@ test("send() with wait gives up after the timeout", async () => {
 
 test("serve() and send() work over IPv6 and by host name", async () => {
   for (const hostname of ["::1", "localhost"]) {
-    const server = start({ echo: true }, hostname);
+    const server = await start({ echo: true, hostname });
     try {
       const reply = await send(encoder.encode("hi"), {
         hostname,
@@ -822,7 +951,7 @@ test("deno task server serves IPv6 loopback and localhost, and replies there", {
 });
 
 test("deno task client sends its words, after -- too, and --wait prints the reply", async () => {
-  const server = start({ echo: true });
+  const server = await start({ echo: true });
   const port = String(server.port);
   try {
     const plain = await run("client", "-p", port, "-w", "some", "words\x1b[2J");
@@ -875,7 +1004,7 @@ test("deno task client --wait with no reply is exit code 1 and one line", async 
 });
 
 test("deno task client --interactive sends each line and prints what arrives", async () => {
-  const server = start({ echo: true });
+  const server = await start({ echo: true });
   try {
     await using client = task("client", [
       "--interactive",
