@@ -27,6 +27,7 @@
  *
  * @module
  */
+import { fstatSync } from "node:fs";
 import { parseArgs } from "node:util";
 
 /** The tutorial's address: loopback, so only this machine can send to it. */
@@ -55,7 +56,11 @@ export async function serve(options: ServeOptions = {}): Promise<Summary> {
   };
   signal?.addEventListener("abort", stop, { once: true });
   if (signal?.aborted) stop();
-  const lines = new LinePrinter(output, stop);
+  const lines = new LinePrinter(output, {
+    onError: stop,
+    // A regular file is never short of room: it takes whole chunks.
+    pieceSize: output === Deno.stdout && isFile(1) ? CHUNK_SIZE : PIECE_SIZE,
+  });
   options.onListen?.(conn.addr as Deno.NetAddr);
   // 2. Loop on recvfrom(). The tutorial's recvfrom(1024) keeps 1024 bytes of
   // a datagram and drops the rest; 64 KiB holds the largest whole. The buffer
@@ -150,14 +155,23 @@ const FLUSH_MS = 10;
 // writes stdout through a line buffer, so that only a write of whole lines is
 // either taken whole or not at all; and a pipe takes at most 4096 bytes
 // (PIPE_BUF) all or nothing. So writes are of whole lines, 4096 bytes at most
-// (a longer line goes in pieces of 4096 bytes).
+// (a longer line goes in pieces of 4096 bytes). Each write has a cost, though,
+// so a regular file, which cannot be non-blocking, takes whole chunks.
 const PIECE_SIZE = 4096;
 const RETRY_MS = 5;
 // On a stop, the lines still waiting get this long to be written.
-const STOP_GRACE_MS = 1000;
+const STOP_GRACE_MS = 750;
 // Each sender's line prefix is kept, to make no new string per datagram. At
 // most this many, since forged source addresses have no end.
 const PREFIXES = 1024;
+
+/** How a `LinePrinter` writes. */
+export interface LinePrinterOptions {
+  /** Called once if the output fails. */
+  onError?: () => void;
+  /** The most bytes a write gives the output (default: 4096). */
+  pieceSize?: number;
+}
 
 /** A chunk of lines waiting to be written. */
 interface Chunk {
@@ -172,6 +186,7 @@ interface Chunk {
 export class LinePrinter {
   #output: Output;
   #onError: () => void;
+  #pieceSize: number;
   #chunk: Uint8Array = new Uint8Array(CHUNK_SIZE);
   #length = 0;
   #lines = 0;
@@ -186,11 +201,13 @@ export class LinePrinter {
   #written = 0;
   #prefixes = new Map<string, Map<number, Uint8Array>>();
   #prefixCount = 0;
+  #last: { hostname: string; port: number; prefix: Uint8Array } | undefined;
 
-  /** Writes to `output`; calls `onError` if it fails. */
-  constructor(output: Output, onError: () => void = () => {}) {
+  /** A printer that writes to `output`. */
+  constructor(output: Output, options: LinePrinterOptions = {}) {
     this.#output = output;
-    this.#onError = onError;
+    this.#onError = options.onError ?? (() => {});
+    this.#pieceSize = options.pieceSize ?? PIECE_SIZE;
   }
 
   /** Adds the line for `data` from `from`; it is written within 10 ms. */
@@ -213,7 +230,11 @@ export class LinePrinter {
     }
     this.#length += size;
     this.#lines++;
-    this.#timer ??= setTimeout(() => this.#flush(), FLUSH_MS);
+    // A busy writer takes this chunk when it is done; an idle one is started
+    // soon, so that lines arriving together share one write.
+    if (!this.#writing) {
+      this.#timer ??= setTimeout(() => this.#flush(), FLUSH_MS);
+    }
   }
 
   /** Whether CHUNKS chunks are waiting for the output. */
@@ -253,9 +274,15 @@ export class LinePrinter {
 
   /** `Message from 127.0.0.1:51610: `, made once per sender. */
   #prefix({ hostname, port }: Deno.NetAddr): Uint8Array {
+    // Most often, the sender of the last datagram.
+    const last = this.#last;
+    if (last?.port === port && last.hostname === hostname) return last.prefix;
     let ports = this.#prefixes.get(hostname);
     let prefix = ports?.get(port);
-    if (prefix) return prefix;
+    if (prefix) {
+      this.#last = { hostname, port, prefix };
+      return prefix;
+    }
     if (this.#prefixCount >= PREFIXES) {
       this.#prefixes.clear();
       this.#prefixCount = 0;
@@ -266,6 +293,7 @@ export class LinePrinter {
     prefix = encoder.encode(`Message from ${from}: `);
     ports.set(port, prefix);
     this.#prefixCount++;
+    this.#last = { hostname, port, prefix };
     return prefix;
   }
 
@@ -286,48 +314,69 @@ export class LinePrinter {
 
   #enqueue(chunk: Chunk) {
     this.#queue.push(chunk);
-    this.#writing ??= this.#write().finally(() => this.#writing = undefined);
+    this.#writing ??= this.#write();
   }
 
-  /** Writes the queued chunks in order, until none is left or the output fails. */
+  /**
+   * Writes the queued chunks in order, then the chunk being filled, until
+   * there is nothing left to write or the output fails.
+   */
   async #write() {
-    while (this.#queue.length > 0 && !this.#error) {
-      const { bytes, lines } = this.#queue[0];
-      try {
-        this.#offset += await this.#output.write(piece(bytes, this.#offset));
-      } catch (error) {
-        if (error instanceof Deno.errors.Interrupted) continue;
-        if (error instanceof Deno.errors.WouldBlock) {
-          await new Promise((resolve) => setTimeout(resolve, RETRY_MS));
-          continue;
-        }
-        this.#error = error instanceof Error ? error : new Error(String(error));
-        this.#onError();
-        return;
+    try {
+      while (!this.#error) {
+        if (this.#queue.length === 0 && this.#length === 0) return;
+        if (this.#queue.length === 0) this.#flush();
+        await this.#writeFirst();
       }
-      if (this.#offset < bytes.length) continue;
-      this.#queue.shift();
-      this.#offset = 0;
-      this.#written += lines;
-      if (
-        bytes.buffer.byteLength === CHUNK_SIZE && this.#spare.length < CHUNKS
-      ) {
-        this.#spare.push(new Uint8Array(bytes.buffer));
-      }
-      this.#room?.resolve();
-      this.#room = undefined;
+    } finally {
+      this.#writing = undefined;
     }
+  }
+
+  /** Writes some of the first chunk of the queue, and takes it off once written. */
+  async #writeFirst() {
+    const { bytes, lines } = this.#queue[0];
+    try {
+      const next = piece(bytes, this.#offset, this.#pieceSize);
+      this.#offset += await this.#output.write(next);
+    } catch (error) {
+      if (error instanceof Deno.errors.Interrupted) return;
+      if (error instanceof Deno.errors.WouldBlock) {
+        return await new Promise((resolve) => setTimeout(resolve, RETRY_MS));
+      }
+      this.#error = error instanceof Error ? error : new Error(String(error));
+      return this.#onError();
+    }
+    if (this.#offset < bytes.length) return;
+    this.#queue.shift();
+    this.#offset = 0;
+    this.#written += lines;
+    // Its buffer serves again, if it is one of ours.
+    if (bytes.buffer.byteLength === CHUNK_SIZE && this.#spare.length < CHUNKS) {
+      this.#spare.push(new Uint8Array(bytes.buffer));
+    }
+    this.#room?.resolve();
+    this.#room = undefined;
   }
 }
 
-/** The next write of `bytes` from `start`: whole lines, at most PIECE_SIZE bytes. */
-function piece(bytes: Uint8Array, start: number): Uint8Array {
-  let end = Math.min(start + PIECE_SIZE, bytes.length);
+/** The next write of `bytes` from `start`: whole lines, at most `size` bytes. */
+function piece(bytes: Uint8Array, start: number, size: number): Uint8Array {
+  let end = Math.min(start + size, bytes.length);
   if (end < bytes.length) {
     const newline = bytes.lastIndexOf(0x0a, end - 1);
     if (newline >= start) end = newline + 1;
   }
   return bytes.subarray(start, end);
+}
+
+/** Whether file descriptor `fd` is a regular file (not a pipe or terminal). */
+function isFile(fd: number): boolean {
+  try {
+    return fstatSync(fd).isFile();
+  } catch {
+    return false; // unknown: assume the worst
+  }
 }
 
 /** Whether every byte of `data` is printable ASCII other than a backslash. */

@@ -442,7 +442,7 @@ test("LinePrinter stops at a broken pipe, and counts the lines not written", asy
       }
       return collector.write(data);
     },
-  }, () => failures++);
+  }, { onError: () => failures++ });
   const { data } = numbered(1000);
   for (const datagram of data) lines.print(FROM, datagram);
   const { unwritten, outputError } = await lines.finish(10_000);
@@ -564,7 +564,7 @@ function task(
   args: string[],
   stdin: "piped" | "null" = "null",
 ) {
-  return new Task(["task", "-q", name, ...args], stdin);
+  return new Task(["task", "-q", name, ...args], { stdin });
 }
 
 /**
@@ -573,10 +573,26 @@ function task(
  * stopped: the task runner of Deno 2.0 passes no signal on (denoland/deno#18445),
  * and would leave the script running.
  */
-function script(name: "server" | "client", args: string[]) {
+function script(
+  name: "server" | "client",
+  args: string[],
+  options: TaskOptions = {},
+) {
+  return new Task([...taskArgs(name), ...args], options);
+}
+
+/** The arguments that task `name` gives `deno`: `run`, its flags, its file. */
+function taskArgs(name: "server" | "client"): string[] {
   const [, ...words] = config.tasks[name].match(/'[^']*'|\S+/g) ?? [];
-  const unquoted = words.map((word) => word.replace(/^'(.*)'$/, "$1"));
-  return new Task([...unquoted, ...args]);
+  return words.map((word) => word.replace(/^'(.*)'$/, "$1"));
+}
+
+interface TaskOptions {
+  stdin?: "piped" | "null";
+  /** "hold": leave stdout unread, for the test to read (or close) itself. */
+  stdout?: "read" | "hold";
+  /** Run `deno` through this, as in `sh -c '...; exec "$0" "$@"' deno ...`. */
+  wrapper?: string[];
 }
 
 /** A running `deno` command, with what it printed so far. */
@@ -586,16 +602,19 @@ class Task implements AsyncDisposable {
   #printed = Promise.withResolvers<void>();
   #ended: Promise<Deno.CommandStatus>;
 
-  constructor(args: string[], stdin: "piped" | "null" = "null") {
-    this.process = new Deno.Command(Deno.execPath(), {
-      args,
+  constructor(args: string[], options: TaskOptions = {}) {
+    const { stdin = "null", stdout = "read", wrapper = [] } = options;
+    const [program, ...rest] = [...wrapper, Deno.execPath(), ...args];
+    this.process = new Deno.Command(program, {
+      args: rest,
       cwd: ROOT,
       env: { NO_COLOR: "1" },
       stdin,
       stdout: "piped",
       stderr: "piped",
     }).spawn();
-    const reading = [this.#read("stdout"), this.#read("stderr")];
+    const reading = [this.#read("stderr")];
+    if (stdout === "read") reading.push(this.#read("stdout"));
     this.#ended = Promise.all(reading).then(() => this.process.status);
   }
 
@@ -1031,3 +1050,151 @@ test("deno task client --interactive sends each line and prints what arrives", a
     await server.stop();
   }
 });
+
+// The output path, with real processes and pipes.
+
+/**
+ * Sends `count` numbered datagrams from `client` to the server on `port`,
+ * each after the echo of the one before: when this returns, the server has
+ * read them all. Returns what was sent.
+ */
+async function sendEchoed(
+  client: Deno.DatagramConn,
+  port: number,
+  count: number,
+): Promise<string[]> {
+  const to = { transport: "udp", hostname: "127.0.0.1", port } as const;
+  const texts = Array.from(
+    { length: count },
+    (_, i) => `line ${i} of ${count}, long enough to fill a pipe soon`,
+  );
+  for (const text of texts) {
+    await client.send(encoder.encode(text), to);
+    await receive(client);
+  }
+  return texts;
+}
+
+async function readAll(stream: ReadableStream<Uint8Array>): Promise<string> {
+  let text = "";
+  for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+    text += chunk;
+  }
+  return text;
+}
+
+test(
+  "deno task server stops within 1 s while its output is stuck, and counts the lines not written",
+  { ignore: NO_SIGINT },
+  async () => {
+    // Nobody reads the server's stdout: once the pipe is full, a write waits
+    // for ever. The stop must not.
+    await using server = script("server", ["--port", "0", "--echo"], {
+      stdout: "hold",
+    });
+    const client = listen();
+    let texts;
+    try {
+      texts = await sendEchoed(client, await server.port(), 3000);
+    } finally {
+      client.close();
+    }
+    const stopping = performance.now();
+    server.process.kill("SIGTERM");
+    const { code, stderr } = await server.result();
+    const took = performance.now() - stopping;
+    assert.ok(took < 1000, `stopped in ${took} ms`);
+    assert.equal(code, 1);
+    const [, unwritten] = stderr.match(
+      /\nReceived 3000 datagrams, \d+ bytes; (\d+) lines not written: the output did not take them in time\n$/,
+    ) ?? [];
+    assert.ok(unwritten, stderr);
+    // The lines in the pipe and the lines not written make up every line.
+    const lines = (await readAll(server.process.stdout)).split("\n");
+    assert.equal(lines.pop(), "");
+    assert.equal(lines.length + Number(unwritten), 3000);
+    const from = `Message from 127.0.0.1:${
+      (client.addr as Deno.NetAddr).port
+    }: `;
+    assert.deepEqual(
+      lines,
+      texts.slice(0, lines.length).map((text) => from + text),
+    );
+  },
+);
+
+test(
+  "deno task server stops when the reader of its output goes away: a summary and exit code 141",
+  { ignore: NO_SIGINT },
+  async () => {
+    await using server = script("server", ["--port", "0", "--echo"], {
+      stdout: "hold",
+    });
+    const port = await server.port();
+    const client = listen();
+    const output = server.process.stdout.getReader();
+    try {
+      await sendEchoed(client, port, 1);
+      const { value } = await within("a line", output.read());
+      assert.match(decoder.decode(value), /^Message from .*: line 0 /);
+      await output.cancel(); // the reader goes, as `head -n 1` does
+      await sendEchoed(client, port, 1);
+    } finally {
+      client.close();
+    }
+    const { code, stderr } = await server.result();
+    assert.equal(code, 141);
+    assert.match(
+      stderr,
+      /^Listening on [^\n]*\nReceived 2 datagrams, 88 bytes; the output was closed, 1 line not written\n$/,
+    );
+  },
+);
+
+// Whether python3 is here, to make a pipe non-blocking.
+const PYTHON = await new Deno.Command("python3", {
+  args: ["-c", ""],
+  stdout: "null",
+  stderr: "null",
+}).output().then(({ success }) => success, () => false);
+
+test(
+  "deno task server loses no line when its stdout is non-blocking",
+  { ignore: NO_SIGINT || !PYTHON },
+  async () => {
+    // The non-blocking flag belongs to the pipe, shared by every process
+    // that writes to it: here python3 sets it before the server starts, as
+    // another program on the same pipe might. A full pipe then fails a write
+    // with WouldBlock instead of making it wait.
+    const nonBlocking = 'python3 -c "import os; os.set_blocking(1, False)"';
+    await using server = script("server", ["--port", "0", "--echo"], {
+      stdout: "hold",
+      wrapper: ["sh", "-c", `${nonBlocking} && exec "$0" "$@"`],
+    });
+    const client = listen();
+    let texts;
+    try {
+      // 3000 lines do not fit in the pipe: the writes meet a full pipe.
+      texts = await sendEchoed(client, await server.port(), 3000);
+    } finally {
+      client.close();
+    }
+    const reader = server.process.stdout
+      .pipeThrough(new TextDecoderStream()).getReader();
+    let text = "";
+    while (text.split("\n").length <= 3000) {
+      const { value, done } = await within("3000 lines", reader.read());
+      if (done) break;
+      text += value;
+    }
+    server.process.kill("SIGTERM");
+    const { code, stderr } = await server.result();
+    while (!(await reader.read()).done) text += "(more)";
+    assert.equal(code, 0, stderr);
+    const from = `Message from 127.0.0.1:${
+      (client.addr as Deno.NetAddr).port
+    }: `;
+    assert.equal(text, texts.map((line) => `${from}${line}\n`).join(""));
+    assert.match(stderr, /\nReceived 3000 datagrams, \d+ bytes\n$/);
+  },
+);
