@@ -230,8 +230,8 @@ export class LinePrinter {
     }
     this.#length += size;
     this.#lines++;
-    // A busy writer takes this chunk when it is done; an idle one is started
-    // soon, so that lines arriving together share one write.
+    // Written soon, in one write with the lines that come meanwhile; while a
+    // write is under way, once that write is done.
     if (!this.#writing) {
       this.#timer ??= setTimeout(() => this.#flush(), FLUSH_MS);
     }
@@ -317,19 +317,16 @@ export class LinePrinter {
     this.#writing ??= this.#write();
   }
 
-  /**
-   * Writes the queued chunks in order, then the chunk being filled, until
-   * there is nothing left to write or the output fails.
-   */
+  /** Writes the queued chunks in order, until none is left or the output fails. */
   async #write() {
     try {
-      while (!this.#error) {
-        if (this.#queue.length === 0 && this.#length === 0) return;
-        if (this.#queue.length === 0) this.#flush();
-        await this.#writeFirst();
-      }
+      while (this.#queue.length > 0 && !this.#error) await this.#writeFirst();
     } finally {
       this.#writing = undefined;
+    }
+    // The lines that came meanwhile go soon, in one write.
+    if (this.#length > 0) {
+      this.#timer ??= setTimeout(() => this.#flush(), FLUSH_MS);
     }
   }
 
