@@ -3,7 +3,7 @@
  *
  * It sends "Hello, Server" (or the words given) to 127.0.0.1:6789, where
  * server.ts prints it. `--wait` then prints the reply; `--interactive` sends
- * each line typed and prints whatever comes back, which makes a chat with
+ * each line of input and prints whatever comes back, which makes a chat with
  * `server.ts --chat`.
  *
  * ```sh
@@ -12,42 +12,82 @@
  *
  * Permissions: `--allow-net` for the server's address, and for the local
  * address the client binds to send from: the server's own address if it is a
- * loopback one, else 0.0.0.0 (or :: for IPv6). `--unstable-net` because
- * `Deno.listenDatagram` is still unstable.
+ * loopback one, else 0.0.0.0 (or :: for IPv6); quoted, because zsh takes an
+ * unquoted `[::1]` for a pattern. `--no-prompt`: a host outside the list is
+ * then an error that says which flag allows it, not a question that waits for
+ * an answer. `--unstable-net` because `Deno.listenDatagram` is still
+ * unstable.
+ *
+ * @example Send a datagram and wait for the reply
+ * ```ts ignore
+ * import { send } from "./client.ts";
+ *
+ * const reply = await send(new TextEncoder().encode("ping"), { wait: true });
+ * console.log(new TextDecoder().decode(reply?.[0]));
+ * ```
  *
  * @module
  */
 import { parseArgs } from "node:util";
 
+/** The tutorial's server address. */
 export const DEFAULT_HOSTNAME = "127.0.0.1";
+/** The tutorial's server port. */
 export const DEFAULT_PORT = 6789;
+/** The tutorial's message. */
 export const DEFAULT_MESSAGE = "Hello, Server";
+/** How long `--wait` waits for a reply, in milliseconds. */
 export const DEFAULT_TIMEOUT = 2000;
 /** The most a UDP datagram carries over IPv4: 65,535 minus the 20-byte IP and 8-byte UDP headers. */
 export const MAX_MESSAGE = 65_507;
 
-const USAGE = `Usage: deno task client [options] [message...]
-
-Sends the message (default: "${DEFAULT_MESSAGE}") as one UDP datagram.
-
-Options:
-  -H, --hostname <host>  server to send to (default: ${DEFAULT_HOSTNAME})
-  -p, --port <port>      its port (default: ${DEFAULT_PORT})
-  -c, --count <n>        send the message n times (default: 1)
-  -w, --wait             then wait for one reply and print it
-  -t, --timeout <ms>     how long --wait waits (default: ${DEFAULT_TIMEOUT})
-  -i, --interactive      send each line of input, print every datagram that
-                         arrives, until the end of input (Ctrl+D)
-  -h, --help             show this help
-
-Words after -- are the message, even if they start with a dash.`;
+/**
+ * The tutorial's client: sends `message` to the server as one datagram,
+ * `count` times. With `wait`, then waits for one datagram to come back and
+ * returns it with its sender.
+ */
+export async function send(
+  message: Uint8Array,
+  options: SendOptions = {},
+): Promise<[Uint8Array, Deno.NetAddr] | undefined> {
+  const { count = 1, wait = false, timeout = DEFAULT_TIMEOUT } = options;
+  const server = address(options);
+  // 1. A socket to send from (see open()).
+  const conn = open(server.hostname);
+  let timer;
+  let timedOut = false;
+  try {
+    // 2. Send. UDP has no connection: every datagram names where it goes.
+    for (let i = 0; i < count; i++) await conn.send(message, server);
+    if (!wait) return undefined;
+    // 3. Receive the reply, if one comes: nothing tells us that it was lost,
+    // so we wait only so long. Closing the socket ends the receive().
+    timer = setTimeout(() => {
+      timedOut = true;
+      conn.close();
+    }, timeout);
+    const [data, from] = await conn.receive();
+    return [data, from as Deno.NetAddr];
+  } catch (error) {
+    if (!timedOut) throw error;
+    throw new Deno.errors.TimedOut(
+      `no reply from ${formatAddress(server)} within ${timeout} ms`,
+    );
+  } finally {
+    clearTimeout(timer);
+    closeQuietly(conn);
+  }
+}
 
 /** Where to send to. */
 export interface Server {
+  /** The server's address (default: `127.0.0.1`). */
   hostname?: string;
+  /** The server's port (default: 6789). */
   port?: number;
 }
 
+/** How `send()` sends. */
 export interface SendOptions extends Server {
   /** Send the message this many times (default: 1). */
   count?: number;
@@ -57,67 +97,13 @@ export interface SendOptions extends Server {
   timeout?: number;
 }
 
-/**
- * Sends `message` to the server as one datagram, `count` times. With `wait`,
- * then waits for one datagram to come back and returns it with its sender.
- */
-export async function send(
-  message: Uint8Array,
-  options: SendOptions = {},
-): Promise<[Uint8Array, Deno.NetAddr] | undefined> {
-  const { count = 1, wait = false, timeout = DEFAULT_TIMEOUT } = options;
-  const server = address(options);
-  const conn = open(server.hostname);
-  let timedOut = false;
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    // UDP has no connection: every datagram names where it goes.
-    for (let i = 0; i < count; i++) await conn.send(message, server);
-    if (!wait) return undefined;
-    // Nothing tells us that a reply was lost, so we only wait so long:
-    // closing the socket ends the receive() that waits.
-    timer = setTimeout(() => {
-      timedOut = true;
-      conn.close();
-    }, timeout);
-    const [data, from] = await conn.receive();
-    return [data, from as Deno.NetAddr];
-  } catch (error) {
-    if (!timedOut) throw error;
-    const where = formatAddress(server);
-    throw new Deno.errors.TimedOut(
-      `no reply from ${where} within ${timeout} ms`,
-    );
-  } finally {
-    clearTimeout(timer);
-    if (!timedOut) conn.close();
-  }
-}
-
-/**
- * Sends each line of `input` as one datagram, and prints every datagram that
- * arrives meanwhile, until `input` ends.
- */
-export async function interactive(
-  input: ReadableStream<Uint8Array>,
-  options: Server = {},
-): Promise<void> {
-  const server = address(options);
-  const conn = open(server.hostname);
-  const printing = print(conn);
-  try {
-    for await (const line of lines(input)) {
-      const data = encoder.encode(line);
-      if (data.length > MAX_MESSAGE) {
-        console.error(`error: ${tooLong(data)}; not sent`);
-        continue;
-      }
-      await conn.send(data, server);
-    }
-  } finally {
-    conn.close();
-    await printing;
-  }
+/** How `interactive()` talks. */
+export interface InteractiveOptions extends Server {
+  /**
+   * After the end of input, go on printing what arrives until this many
+   * milliseconds pass with nothing arriving (default: 0, stop at once).
+   */
+  linger?: number;
 }
 
 /**
@@ -128,70 +114,187 @@ export async function interactive(
  * nothing beyond this machine can send to the client.
  */
 function open(hostname: string): Deno.DatagramConn {
-  const loopback = /^(localhost|127\.[\d.]+|::1)$/.test(hostname);
-  const anywhere = hostname.includes(":") ? "::" : "0.0.0.0";
-  const local = loopback ? hostname : anywhere;
-  return Deno.listenDatagram({ transport: "udp", hostname: local, port: 0 });
+  return Deno.listenDatagram({
+    transport: "udp",
+    hostname: localAddress(hostname),
+    port: 0,
+  });
+}
+
+/** The address to send from to `hostname`: itself if it is loopback, else any. */
+function localAddress(hostname: string): string {
+  if (/^(localhost|127\.[\d.]+|::1)$/.test(hostname)) return hostname;
+  return hostname.includes(":") ? "::" : "0.0.0.0";
+}
+
+// Interactive: lines of input out, datagrams in, both at once.
+
+/**
+ * Sends each line of `input` as one datagram, and prints every datagram that
+ * arrives meanwhile, until `input` ends (and then `linger` ms of quiet).
+ */
+export async function interactive(
+  input: ReadableStream<Uint8Array>,
+  options: InteractiveOptions = {},
+): Promise<void> {
+  const server = address(options);
+  const conn = open(server.hostname);
+  const reader = input.getReader();
+  let quiet: ReturnType<typeof setTimeout> | undefined;
+  let ended = false;
+  // Every datagram restarts the quiet period, once the input has ended.
+  const heard = () => {
+    clearTimeout(quiet);
+    if (ended) quiet = setTimeout(() => closeQuietly(conn), options.linger);
+  };
+  // If printing fails (the output was closed), the input is not read on.
+  const printing = printEach(conn, heard).catch((error) => {
+    closeQuietly(conn);
+    reader.cancel();
+    throw error;
+  });
+  let sent = false;
+  try {
+    let number = 0;
+    for await (const line of readLines(reader)) {
+      number++;
+      if (typeof line === "number") {
+        console.error(`error: line ${number} is ${tooLong(line)}; not sent`);
+        continue;
+      }
+      await conn.send(line, server);
+    }
+    sent = true;
+  } finally {
+    ended = true;
+    if (sent && options.linger) heard();
+    else closeQuietly(conn);
+    await printing.finally(() => clearTimeout(quiet));
+  }
 }
 
 /** Prints every datagram that arrives on `conn`, until it is closed. */
-async function print(conn: Deno.DatagramConn): Promise<void> {
+async function printEach(conn: Deno.DatagramConn, heard: () => void) {
   // A client receives little: the plain loop with a fresh buffer for each
   // datagram is fine here (server.ts shows why a busy server reuses one).
   while (true) {
+    let data, from;
     try {
-      const [data, from] = await conn.receive();
-      console.log(line(data, from as Deno.NetAddr));
+      [data, from] = await conn.receive();
     } catch (error) {
       if (error instanceof Deno.errors.BadResource) return;
       if (error instanceof Deno.errors.Interrupted) return;
       // Such as Windows' ConnectionReset after a datagram went to a closed
       // port: it concerns that datagram, not the ones to come.
       console.error(`warning: ${reason(error)}`);
+      continue;
+    }
+    heard();
+    await printLine(line(data, from as Deno.NetAddr));
+  }
+}
+
+/**
+ * The lines of `input` as bytes, without their line endings (`\n`, `\r\n`,
+ * or a last line with none). Bytes go as they are: a datagram carries bytes,
+ * not text. A line too long for a datagram is not kept: its length comes
+ * instead. So memory stays bounded and the time linear, whatever the input.
+ */
+export async function* readLines(
+  reader: ReadableStreamDefaultReader<Uint8Array>,
+): AsyncGenerator<Uint8Array | number> {
+  const line = new Uint8Array(MAX_MESSAGE + 1); // and a "\r" to strip
+  let length = 0;
+  let pending = false; // a line has begun
+  while (true) {
+    const { value: chunk, done } = await reader.read();
+    if (done) break;
+    let start = 0;
+    while (start < chunk.length) {
+      const newline = chunk.indexOf(0x0a, start);
+      const end = newline === -1 ? chunk.length : newline;
+      if (length + end - start <= line.length) {
+        line.set(chunk.subarray(start, end), length);
+      }
+      length += end - start;
+      pending = true;
+      start = end + 1;
+      if (newline === -1) break;
+      yield whole(line, length);
+      length = 0;
+      pending = false;
+    }
+  }
+  if (pending) yield whole(line, length);
+}
+
+/** The line of `length` bytes in `line`, less a final `\r`; or its length, if too long. */
+function whole(line: Uint8Array, length: number): Uint8Array | number {
+  if (length > 0 && length <= line.length && line[length - 1] === 0x0d) {
+    length--;
+  }
+  return length > MAX_MESSAGE ? length : line.slice(0, length);
+}
+
+// Printing: what arrives is a stranger's bytes, made safe to print, and
+// written so that a full or non-blocking stdout, or one whose reader went
+// away, is handled rather than crashing the client.
+
+const encoder = new TextEncoder();
+// Not fatal: bytes that are not UTF-8 become U+FFFD instead of an error. And
+// a leading byte order mark is kept, to be shown, not silently dropped.
+const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
+
+/** A datagram as one line that is safe to print, its sender first. */
+function line(data: Uint8Array, from: Deno.NetAddr): string {
+  const text = printable(decoder.decode(data));
+  return `Message from ${formatAddress(from)}: ${text}`;
+}
+
+/**
+ * Writes `text` and a line end to stdout, whole. A non-blocking stdout that
+ * is full says WouldBlock: wait, and try again. Pieces of 4096 bytes at most
+ * are taken whole or not at all by a pipe, so nothing is written twice (see
+ * server.ts). A reader that went away is a `BrokenPipe` error.
+ */
+async function printLine(text: string) {
+  let bytes = encoder.encode(`${text}\n`);
+  while (bytes.length > 0) {
+    try {
+      bytes = bytes.subarray(await Deno.stdout.write(bytes.subarray(0, 4096)));
+    } catch (error) {
+      if (!(error instanceof Deno.errors.WouldBlock)) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 5));
     }
   }
 }
 
-/** The lines of `input`, without their line endings. */
-async function* lines(input: ReadableStream<Uint8Array>) {
-  let rest = "";
-  for await (const chunk of input.pipeThrough(new TextDecoderStream())) {
-    const parts = (rest + chunk).split("\n");
-    rest = parts.pop() ?? "";
-    for (const part of parts) yield part.replace(/\r$/, "");
-  }
-  if (rest) yield rest;
-}
-
-const encoder = new TextEncoder();
-// Not fatal: bytes that are not UTF-8 become U+FFFD instead of an error.
-const decoder = new TextDecoder();
 const ESCAPES: Record<string, string> = {
   "\n": "\\n",
   "\r": "\\r",
   "\t": "\\t",
   "\\": "\\\\",
 };
+// Control characters, line separators, bidirectional controls, the byte order
+// mark and the backslash (see server.ts).
+const UNSAFE =
+  /[\p{Cc}\\\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]/gu;
 
 /**
- * `text` made safe to print: control characters (C0, DEL, C1) are escaped as
- * `\n` or `\x1b`, and a backslash is doubled (as in server.ts).
+ * `text` made safe to print on one line: control characters are escaped as
+ * `\n` or `\x1b`, line separators, bidirectional controls and U+FEFF as
+ * `\u2028`, and a backslash is doubled (as in server.ts).
  */
 export function printable(text: string): string {
-  return text.replace(/[\p{Cc}\\]/gu, (char) =>
-    ESCAPES[char] ??
-      `\\x${char.charCodeAt(0).toString(16).padStart(2, "0")}`);
+  return text.replace(UNSAFE, (char) => ESCAPES[char] ?? escape(char));
 }
 
-function address(server: Server): Deno.NetAddr {
-  const { hostname = DEFAULT_HOSTNAME, port = DEFAULT_PORT } = server;
-  return { transport: "udp", hostname, port };
-}
-
-/** A datagram as one line that is safe to print, its sender first. */
-function line(data: Uint8Array, from: Deno.NetAddr): string {
-  const text = printable(decoder.decode(data));
-  return `Message from ${formatAddress(from)}: ${text}`;
+function escape(char: string): string {
+  const code = char.charCodeAt(0);
+  const hex = code.toString(16);
+  return code < 0x100
+    ? `\\x${hex.padStart(2, "0")}`
+    : `\\u${hex.padStart(4, "0")}`;
 }
 
 /** `127.0.0.1:6789`, or `[::1]:6789` for IPv6. */
@@ -201,8 +304,29 @@ function formatAddress({ hostname, port }: Deno.NetAddr): string {
     : `${hostname}:${port}`;
 }
 
-function tooLong(data: Uint8Array): string {
-  return `message is ${data.length} bytes, more than the ${MAX_MESSAGE} a UDP datagram can carry`;
+function address(server: Server): Deno.NetAddr {
+  const { hostname = DEFAULT_HOSTNAME, port = DEFAULT_PORT } = server;
+  return { transport: "udp", hostname, port };
+}
+
+/** Closes `conn` unless it is closed already. */
+function closeQuietly(conn: Deno.DatagramConn) {
+  try {
+    conn.close();
+  } catch {
+    // closed already
+  }
+}
+
+/** "an" before 8, 11, 18, 80, 11000...: numbers read as "eight...", "eleven...". */
+function article(count: number): string {
+  const digits = String(count);
+  const lead = digits.slice(0, (digits.length - 1) % 3 + 1); // before the thousands
+  return /^(8|11|18)$/.test(lead) || lead.startsWith("8") ? "an" : "a";
+}
+
+function tooLong(length: number): string {
+  return `${length} bytes, more than the ${MAX_MESSAGE} a UDP datagram can carry`;
 }
 
 /** An error's message as the end of a line: "Address already in use (os error 98)" becomes "address already in use". */
@@ -211,12 +335,59 @@ function reason(error: unknown): string {
   // Deno 2.0 adds the system's words again: "... (os error 98): Address ...".
   const text = message.replace(/ \(os error \d+\).*$/s, "");
   // A plain first word loses its capital; a name such as "Deno.listen" keeps it.
-  return /^[A-Z][a-z]* /.test(text)
+  const line = /^[A-Z][a-z]* /.test(text)
     ? text[0].toLowerCase() + text.slice(1)
     : text;
+  return printable(line);
 }
 
+// The command line.
+
+const USAGE = `Usage: deno task client [options] [message...]
+   or: deno run --unstable-net --no-prompt '--allow-net=127.0.0.1,[::1],localhost' client.ts [options] [message...]
+
+Sends the message (default: "${DEFAULT_MESSAGE}") as one UDP datagram.
+
+Options:
+  -H, --hostname <host>  server to send to (default: ${DEFAULT_HOSTNAME})
+  -p, --port <port>      its port (default: ${DEFAULT_PORT})
+  -c, --count <n>        send the message n times (default: 1)
+  -w, --wait             then wait for one reply and print it
+  -t, --timeout <ms>     how long --wait waits, and how long -i goes on
+                         printing after piped input ends (default: ${DEFAULT_TIMEOUT})
+  -i, --interactive      send each line of input, print every datagram that
+                         arrives, until the end of input (Ctrl+D)
+  -h, --help             show this help
+
+Words after -- are the message, even if they start with a dash.`;
+
+// Exit codes: 0 sent (and, with --wait, a reply printed); 1 a failure; 2 a
+// usage error; 141 the output's reader went away (128 + SIGPIPE).
+const EXIT_CLOSED = 141;
+
 class UsageError extends Error {}
+
+/** `host` as Deno's permissions name it: lower case, IPv6 unbracketed and short. */
+function canonicalHost(host: string): string {
+  // 127.0.0.1:6789 or [::1]:6789: a port where only a host belongs.
+  const [, name, port] = host.match(/^\[(.*)\]:(\d*)$/) ??
+    host.match(/^([^:]*):(\d*)$/) ?? [];
+  if (name !== undefined) {
+    throw new UsageError(
+      `--hostname takes no port: use --hostname ${name} --port ${port}`,
+    );
+  }
+  const bare = host.replace(/^\[(.*)\]$/, "$1");
+  try {
+    // The URL parser knows every spelling: LOCALHOST, 0:0:0:0:0:0:0:1, 127.1.
+    const url = new URL(`http://${bare.includes(":") ? `[${bare}]` : bare}/`);
+    return url.hostname.replace(/^\[(.*)\]$/, "$1");
+  } catch {
+    throw new UsageError(
+      `--hostname must be a host name or an IP address, not "${host}"`,
+    );
+  }
+}
 
 function integer(name: string, text: string, min: number, max: number): number {
   const value = Number(text);
@@ -246,28 +417,33 @@ function parseOptions(args: string[]) {
   const {
     hostname = DEFAULT_HOSTNAME,
     port = String(DEFAULT_PORT),
-    count = "1",
+    count,
     timeout = String(DEFAULT_TIMEOUT),
   } = values;
+  // `deno task client -- words` passes the `--` on, as a word.
+  if (positionals[0] === "--") positionals.shift();
   const words = positionals.length > 0
     ? positionals.join(" ")
     : DEFAULT_MESSAGE;
   const message = encoder.encode(words);
-  if (message.length > MAX_MESSAGE) throw new UsageError(tooLong(message));
-  const alone = positionals.length === 0 && !values.wait &&
-    count === "1";
-  if (values.interactive && !alone) {
+  if (message.length > MAX_MESSAGE) {
+    throw new UsageError(`message is ${tooLong(message.length)}`);
+  }
+  if (
+    values.interactive &&
+    (positionals.length > 0 || values.wait || count !== undefined)
+  ) {
     throw new UsageError(
       "--interactive sends the lines of its input: give it no message, --count or --wait",
     );
   }
   return {
     ...values,
-    // Accept [::1], the form in which IPv6 addresses are printed, as well as ::1.
-    hostname: hostname.replace(/^\[(.*)\]$/, "$1"),
+    typed: hostname,
+    hostname: canonicalHost(hostname),
     message,
     port: integer("--port", port, 1, 65_535),
-    count: integer("--count", count, 1, Infinity),
+    count: integer("--count", count ?? "1", 1, Infinity),
     // The longest delay setTimeout() takes.
     timeout: integer("--timeout", timeout, 1, 2 ** 31 - 1),
   };
@@ -286,7 +462,7 @@ async function main(args: string[]): Promise<number> {
   try {
     options = parseOptions(args);
   } catch (error) {
-    console.error(`error: ${printable(reason(error))}`);
+    console.error(`error: ${reason(error)} (see --help)`);
     return 2;
   }
   if (options.help) {
@@ -301,26 +477,44 @@ async function main(args: string[]): Promise<number> {
     );
     return 1;
   }
-  const { message, count, hostname, port } = options;
+  const { message, count, hostname, port, timeout } = options;
   const where = printable(formatAddress({ transport: "udp", hostname, port }));
+  // Ask first, to name the host as it was typed, and the flag that allows it.
+  const hosts = [formatAddress({ transport: "udp", hostname, port })];
+  const local = localAddress(hostname);
+  if (local !== hostname) hosts.push(local);
+  const denied = hosts.some((host) =>
+    Deno.permissions.querySync({ name: "net", host }).state !== "granted"
+  );
+  if (denied) {
+    const typed = printable(options.typed);
+    console.error(
+      `error: not allowed to send to ${typed}: run client.ts with --allow-net=${
+        printable([hostname, local].join(","))
+      }`,
+    );
+    return 1;
+  }
   try {
     if (options.interactive) {
       console.error(`Sending each line to ${where}; Ctrl+D ends`);
-      await interactive(Deno.stdin.readable, options);
+      // From a pipe or a file, the replies come after the last line is sent.
+      const linger = Deno.stdin.isTerminal() ? 0 : timeout;
+      await interactive(Deno.stdin.readable, { hostname, port, linger });
       return 0;
     }
     const times = count > 1 ? `, ${count} times` : "";
-    console.error(
-      `Sending a ${message.length}-byte datagram to ${where}${times}`,
-    );
+    const size = `${article(message.length)} ${message.length}-byte`;
+    console.error(`Sending ${size} datagram to ${where}${times}`);
     const reply = await send(message, options);
-    if (reply) console.log(line(...reply));
+    if (reply) await printLine(line(...reply));
     return 0;
   } catch (error) {
+    if (error instanceof Deno.errors.BrokenPipe) return EXIT_CLOSED;
     const context = error instanceof Deno.errors.TimedOut
       ? ""
       : `cannot send to ${where}: `;
-    console.error(`error: ${context}${printable(reason(error))}`);
+    console.error(`error: ${context}${reason(error)}`);
     return 1;
   }
 }

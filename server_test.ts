@@ -9,7 +9,7 @@ import {
   serve,
   type ServeOptions,
 } from "./server.ts";
-import { DEFAULT_MESSAGE, send } from "./client.ts";
+import { DEFAULT_MESSAGE, readLines, send } from "./client.ts";
 import config from "./deno.json" with { type: "json" };
 
 const encoder = new TextEncoder();
@@ -801,6 +801,7 @@ test("deno task client: a usage error is one line and exit code 2", async () => 
       'error: --timeout must be an integer from 1 to 2147483647, not "soon"',
     ],
     [["-i", "words"], "error: --interactive sends the lines of its input"],
+    [["-i", "-c", "2"], "error: --interactive sends the lines of its input"],
     [
       ["x".repeat(65_508)],
       "error: message is 65508 bytes, more than the 65507 a UDP datagram can carry",
@@ -982,6 +983,11 @@ test("deno task client sends its words, after -- too, and --wait prints the repl
     assert.equal(
       plain.stderr,
       `Sending a 14-byte datagram to 127.0.0.1:${port}\n`,
+    );
+    const eight = await run("client", "-p", port, "8 bytes!");
+    assert.equal(
+      eight.stderr,
+      `Sending an 8-byte datagram to 127.0.0.1:${port}\n`,
     );
     const dashed = await run(
       "client",
@@ -1198,3 +1204,130 @@ test(
     assert.match(stderr, /\nReceived 3000 datagrams, \d+ bytes\n$/);
   },
 );
+
+// The client, as people type and pipe into it.
+
+/** A stream that gives `chunks`, one read each. */
+function streamOf(...chunks: Uint8Array[]): ReadableStream<Uint8Array> {
+  return ReadableStream.from(chunks);
+}
+
+test("readLines() splits bytes into lines, strips line ends, keeps other bytes, skips lines too long", async () => {
+  const long = new Uint8Array(70_000).fill(0x62);
+  const input = streamOf(
+    encoder.encode("one\ntw"), // a line across two reads
+    encoder.encode("o\r\n\n"), // \r\n, then an empty line
+    new Uint8Array([0xff, 0xc3, 0x0a]), // not UTF-8: sent as it is
+    long.subarray(0, 40_000), // too long, across two reads
+    long.subarray(40_000),
+    encoder.encode(`\n${"c".repeat(65_507)}\r\n`), // the longest, and \r\n
+    encoder.encode(`${"d".repeat(65_508)}\nlast\r`), // one too long; a last \r
+  );
+  const lines = [];
+  for await (const line of readLines(input.getReader())) {
+    lines.push(typeof line === "number" ? line : [...line]);
+  }
+  const bytes = (text: string) => [...encoder.encode(text)];
+  assert.deepEqual(lines, [
+    bytes("one"),
+    bytes("two"),
+    [],
+    [0xff, 0xc3],
+    70_000,
+    bytes("c".repeat(65_507)),
+    65_508,
+    bytes("last"),
+  ]);
+});
+
+test("deno task client takes every spelling of a loopback host, in any case", async () => {
+  const cases = [
+    ["localhost", ["LOCALHOST", "Localhost"]],
+    ["::1", ["::1", "[::1]", "0:0:0:0:0:0:0:1", "[0:0::1]"]],
+  ] as const;
+  for (const [hostname, spellings] of cases) {
+    const server = await start({ echo: true, hostname });
+    try {
+      for (const typed of spellings) {
+        const port = String(server.port);
+        const { code, stdout, stderr } = await run(
+          "client",
+          ...["-H", typed, "-p", port, "-w", typed],
+        );
+        assert.equal(code, 0, `${typed}: ${stderr}`);
+        assert.ok(stdout.endsWith(`:${port}: ${typed}\n`), stdout);
+      }
+    } finally {
+      await server.stop();
+    }
+  }
+});
+
+test("deno task client: a host with a port, or not allowed, is one line that says what to do", async () => {
+  await assertUsageError(
+    "client",
+    ["-H", "127.0.0.1:6789"],
+    "error: --hostname takes no port: use --hostname 127.0.0.1 --port 6789 (see --help)",
+  );
+  await assertUsageError(
+    "client",
+    ["--hostname=[::1]:6789"],
+    "error: --hostname takes no port: use --hostname ::1 --port 6789",
+  );
+  const { code, stdout, stderr } = await run("client", "-H", "NoSuch.invalid");
+  assert.equal(code, 1);
+  assert.equal(stdout, "");
+  assert.equal(
+    stderr,
+    "error: not allowed to send to NoSuch.invalid: run client.ts with --allow-net=nosuch.invalid,0.0.0.0\n",
+  );
+  // Neither task ever asks: a question at a terminal would wait for ever.
+  assert.match(config.tasks.client, / --no-prompt /);
+  assert.match(config.tasks.server, / --no-prompt /);
+});
+
+test("deno task client -i from a pipe prints the replies that come after the input ends", async () => {
+  const server = await start({ echo: true });
+  try {
+    await using client = task("client", [
+      "-i",
+      "-p",
+      String(server.port),
+      "-t",
+      "500",
+    ], "piped");
+    const input = client.process.stdin.getWriter();
+    await input.write(new Uint8Array(70_000).fill(0x61)); // too long
+    await input.write(encoder.encode("\none\ntwo\r\nthree\r"));
+    await input.close();
+    const { code, stdout, stderr } = await client.result();
+    assert.equal(code, 0, stderr);
+    const from = `Message from 127.0.0.1:${server.port}: `;
+    assert.equal(stdout, `${from}one\n${from}two\n${from}three\n`);
+    assert.equal(
+      stderr,
+      `Sending each line to 127.0.0.1:${server.port}; Ctrl+D ends\n` +
+        "error: line 1 is 70000 bytes, more than the 65507 a UDP datagram can carry; not sent\n",
+    );
+  } finally {
+    await server.stop();
+  }
+});
+
+test("deno task client ends with exit code 141 when the reader of its output goes away", async () => {
+  const server = listen();
+  try {
+    const port = String((server.addr as Deno.NetAddr).port);
+    await using client = script("client", ["-p", port, "-w"], {
+      stdout: "hold",
+    });
+    const [data, from] = await receive(server);
+    await client.process.stdout.cancel(); // before the reply comes
+    await server.send(data, from);
+    const { code, stderr } = await client.result();
+    assert.equal(code, 141);
+    assert.equal(stderr, `Sending a 13-byte datagram to 127.0.0.1:${port}\n`);
+  } finally {
+    server.close();
+  }
+});
