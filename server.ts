@@ -61,6 +61,7 @@ export async function serve(options: ServeOptions = {}): Promise<Summary> {
     // A regular file is never short of room: it takes whole chunks.
     pieceSize: output === Deno.stdout && isFile(1) ? CHUNK_SIZE : PIECE_SIZE,
   });
+  const replies = new Replies(conn.addr as Deno.NetAddr);
   options.onListen?.(conn.addr as Deno.NetAddr);
   // 2. Loop on recvfrom(). The tutorial's recvfrom(1024) keeps 1024 bytes of
   // a datagram and drops the rest; 64 KiB holds the largest whole. The buffer
@@ -78,15 +79,26 @@ export async function serve(options: ServeOptions = {}): Promise<Summary> {
         // Windows fails a receive after a reply went to a closed port; that
         // concerns the reply, not the datagrams to come.
         if (!(error instanceof Deno.errors.ConnectionReset)) throw error;
-        warn(`warning: ${reason(error)}`);
+        warn("reset", `warning: ${reason(error)}`);
         continue;
       }
       datagrams++;
       bytes += data.length;
       // 3. Print it: one line, its sender first, its bytes made safe to print.
       lines.print(from as Deno.NetAddr, data);
-      if (echo) await reply(conn, data, from as Deno.NetAddr);
-      if (chat) await relay(conn, data, from as Deno.NetAddr, chat);
+      if (echo) {
+        await echoBack(conn, data, from as Deno.NetAddr, replies, Date.now());
+      }
+      if (chat) {
+        await relay(
+          conn,
+          data,
+          from as Deno.NetAddr,
+          chat,
+          replies,
+          Date.now(),
+        );
+      }
       // The output is far behind: stop reading until it catches up. Meanwhile
       // the kernel queues what arrives, and drops what does not fit, as it does
       // for any receiver that is too slow.
@@ -428,20 +440,131 @@ export function formatAddress({ hostname, port }: Deno.NetAddr): string {
     : `${hostname}:${port}`;
 }
 
-// Echo and chat: replies to whoever the datagram claims to come from.
+// Echo and chat: replies to whoever a datagram claims to come from. UDP does
+// not check that claim: anyone who can reach the port can forge the source
+// address, and so choose where the server's replies go. The defences:
+// - Some addresses are never replied to (see `Replies.refuses()`): the
+//   server's own, which would make it answer itself for ever; port 0; and the
+//   well-known ports below 1024, where the services live that answer every
+//   datagram (echo 7, daytime 13, qotd 17, chargen 19, time 37) and those
+//   that answer with more than they get (DNS 53, NTP 123, SNMP 161).
+// - A loop with an echo service, or with another echo server, sends the same
+//   bytes back and forth: a peer that twice in a row sends back exactly what
+//   we last sent it is not answered until it sends something else.
+// - A chat relay is marked `<sender> `: a datagram that already carries such a
+//   mark comes from another chat server, and is not relayed again, which ends
+//   any loop of chat servers.
+// - Replies to any one address are rate-limited (a token bucket), and so are
+//   the relays of any one chat member: a loop that escapes the rest, or a
+//   forged flood, stays slow, and the server serves everyone else meanwhile.
 
-/** Sends `data` to `to`. A failure concerns that peer only: it is reported, and serving goes on. */
-async function reply(
+// Replies to one address: REPLY_BURST at once, REPLY_RATE a second after that.
+const REPLY_BURST = 100;
+const REPLY_RATE = 50;
+// How many times in a row a peer may send back exactly what we sent it.
+const LOOP_LIMIT = 2;
+// The peers remembered, silent longest forgotten first: forged sources have
+// no end.
+const PEERS = 4096;
+
+/** What the server remembers of an address it replied to. */
+interface Peer {
+  tokens: number; // replies it may have now
+  at: number; // when tokens were counted (ms)
+  sent: number; // a hash of the last datagram sent to it
+  repeats: number; // how many datagrams in a row it sent back as they went
+}
+
+/** Decides which replies the server sends, to keep it out of loops and floods. */
+export class Replies {
+  #self: Deno.NetAddr;
+  #peers = new Map<string, Peer>();
+
+  /** Replies from a server that listens on `self`. */
+  constructor(self: Deno.NetAddr) {
+    this.#self = self;
+  }
+
+  /** Why the server never replies to `to`, or `undefined` if it may. */
+  refuses(to: Deno.NetAddr): string | undefined {
+    const { hostname, port } = this.#self;
+    const anywhere = hostname === "0.0.0.0" || hostname === "::";
+    if (to.port === port && (anywhere || to.hostname === hostname)) {
+      return "the server's own address";
+    }
+    if (to.port < 1024) return "a well-known port";
+  }
+
+  /**
+   * Whether `data` from `from` is what we last sent it, come back again:
+   * the mark of a loop with an echo service or another echo server.
+   */
+  loops(from: Deno.NetAddr, data: Uint8Array, now: number): boolean {
+    const peer = this.#peer(from, now);
+    peer.repeats = peer.sent === hash(data) ? peer.repeats + 1 : 0;
+    return peer.repeats >= LOOP_LIMIT;
+  }
+
+  /** Whether `to` may be sent `data` now, within its rate; notes it if so. */
+  take(to: Deno.NetAddr, data: Uint8Array, now: number): boolean {
+    const peer = this.#peer(to, now);
+    peer.tokens = Math.min(
+      REPLY_BURST,
+      peer.tokens + (now - peer.at) * REPLY_RATE / 1000,
+    );
+    peer.at = now;
+    if (peer.tokens < 1) return false;
+    peer.tokens--;
+    peer.sent = hash(data);
+    return true;
+  }
+
+  #peer(addr: Deno.NetAddr, now: number): Peer {
+    const key = formatAddress(addr);
+    let peer = this.#peers.get(key);
+    if (peer) this.#peers.delete(key); // to the end: heard last
+    else if (this.#peers.size >= PEERS) {
+      this.#peers.delete(this.#peers.keys().next().value!);
+    }
+    peer ??= { tokens: REPLY_BURST, at: now, sent: -1, repeats: 0 };
+    this.#peers.set(key, peer);
+    return peer;
+  }
+}
+
+/** A 32-bit FNV-1a hash: enough to tell whether bytes came back unchanged. */
+function hash(data: Uint8Array): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < data.length; i++) h = Math.imul(h ^ data[i], 0x01000193);
+  return h >>> 0;
+}
+
+/** Echoes `data` to `from`, unless `replies` says not to. */
+async function echoBack(
   conn: Deno.DatagramConn,
   data: Uint8Array,
-  to: Deno.NetAddr,
+  from: Deno.NetAddr,
+  replies: Replies,
+  now: number,
 ) {
-  try {
-    await conn.send(data, to);
-  } catch (error) {
-    if (isClosed(error)) return;
-    warn(`warning: cannot send to ${formatAddress(to)}: ${reason(error)}`);
+  const refused = replies.refuses(from);
+  const where = formatAddress(from);
+  if (refused) {
+    return warn("refused", `warning: not replying to ${where}: ${refused}`);
   }
+  if (replies.loops(from, data, now)) {
+    return warn(
+      "loop",
+      `warning: not replying to ${where}: it sends back what it is sent`,
+    );
+  }
+  if (!replies.take(from, data, now)) {
+    return warn(
+      "rate",
+      `warning: not replying to ${where}: more than ${REPLY_RATE} a second`,
+    );
+  }
+  await send(conn, data, from);
 }
 
 /** Relays `data` from `from`, marked with who said it, to the chat's other members. */
@@ -450,33 +573,82 @@ async function relay(
   data: Uint8Array,
   from: Deno.NetAddr,
   chat: ChatRoom,
+  replies: Replies,
+  now: number,
 ) {
-  const members = chat.hear(from, Date.now());
+  const refused = replies.refuses(from);
+  if (refused) {
+    return warn(
+      "refused",
+      `warning: not relaying for ${formatAddress(from)}: ${refused}`,
+    );
+  }
+  // Relayed already, by another chat server: relaying it on would loop.
+  if (isRelay(data)) return;
+  const members = chat.hear(from, now);
   if (members.length === 0) return;
   const mark = encoder.encode(`<${formatAddress(from)}> `);
   const marked = new Uint8Array(mark.length + data.length);
   marked.set(mark);
   marked.set(data, mark.length);
-  for (const member of members) await reply(conn, marked, member);
+  for (const member of members) {
+    if (replies.refuses(member)) continue;
+    if (replies.take(member, marked, now)) await send(conn, marked, member);
+    else {warn(
+        "rate",
+        `warning: not relaying to ${
+          formatAddress(member)
+        }: more than ${REPLY_RATE} a second`,
+      );}
+  }
+}
+
+/** Whether `data` begins with a relay mark, `<127.0.0.1:5> ` or `<[::1]:5> `. */
+function isRelay(data: Uint8Array): boolean {
+  if (data[0] !== 0x3c) return false; // "<"
+  return /^<(\[[\d.:a-f]+\]|[\d.]+):\d+> /.test(
+    decoder.decode(data.subarray(0, 64)),
+  );
+}
+
+/** Sends `data` to `to`. A failure concerns that peer only: it is reported, and serving goes on. */
+async function send(
+  conn: Deno.DatagramConn,
+  data: Uint8Array,
+  to: Deno.NetAddr,
+) {
+  try {
+    await conn.send(data, to);
+  } catch (error) {
+    if (isClosed(error)) return;
+    warn(
+      "send",
+      `warning: cannot send to ${formatAddress(to)}: ${reason(error)}`,
+    );
+  }
 }
 
 // Chat members who stay silent this long leave. The cap on members keeps
-// spoofed senders from growing the table without end.
+// forged senders from growing the table without end. Each member's datagrams
+// are relayed RELAY_BURST at once, RELAY_RATE a second after that: the rest
+// are printed, not relayed.
 const CHAT_IDLE_MINUTES = 5;
 const CHAT_MAX_MEMBERS = 100;
+const RELAY_BURST = 40;
+const RELAY_RATE = 20;
 
 /**
- * The members of a chat: every address that sent a datagram lately. A
- * newcomer who finds it full is not admitted, and its datagrams are printed
- * but not relayed, until a member has been silent long enough to leave.
+ * The members of a chat: every address that sent a datagram lately. When the
+ * table is full, a newcomer takes the place of the member silent longest, so
+ * that forged joins cannot lock real members out for good.
  */
 export class ChatRoom {
   /** The most members at once. */
   readonly maxMembers: number;
   /** How long a silent member stays, in milliseconds. */
   readonly idleMs: number;
-  // Least recently heard first: Map keeps insertion order.
-  #members = new Map<string, { addr: Deno.NetAddr; heard: number }>();
+  // Silent longest first: Map keeps insertion order.
+  #members = new Map<string, Member>();
 
   /** A chat of at most `maxMembers` (100), who leave after `idleMs` (5 minutes) of silence. */
   constructor(
@@ -493,7 +665,8 @@ export class ChatRoom {
 
   /**
    * Notes that `from` spoke at time `now` (ms) and returns the members to
-   * relay its words to: all others, or none if `from` was not admitted.
+   * relay its words to: all others, or none if `from` has used up its
+   * relays for now.
    */
   hear(from: Deno.NetAddr, now: number): Deno.NetAddr[] {
     for (const [key, member] of this.#members) {
@@ -501,12 +674,31 @@ export class ChatRoom {
       this.#members.delete(key);
     }
     const key = formatAddress(from);
-    const known = this.#members.delete(key);
-    if (!known && this.#members.size >= this.maxMembers) return [];
-    const others = [...this.#members.values()].map((member) => member.addr);
-    this.#members.set(key, { addr: from, heard: now });
-    return others;
+    const member = this.#members.get(key) ??
+      { addr: from, heard: now, tokens: RELAY_BURST };
+    this.#members.delete(key);
+    if (this.#members.size >= this.maxMembers) {
+      this.#members.delete(this.#members.keys().next().value!);
+    }
+    member.tokens = Math.min(
+      RELAY_BURST,
+      member.tokens + (now - member.heard) * RELAY_RATE / 1000,
+    );
+    member.heard = now;
+    this.#members.set(key, member);
+    if (member.tokens < 1) return [];
+    member.tokens--;
+    return [...this.#members.values()]
+      .filter((other) => other !== member)
+      .map((other) => other.addr);
   }
+}
+
+/** A chat member: its address, when it last spoke, and the relays it has left. */
+interface Member {
+  addr: Deno.NetAddr;
+  heard: number;
+  tokens: number;
 }
 
 /** Whether `error` says that the socket was closed, which is how the loop ends. */
@@ -527,9 +719,26 @@ function reason(error: unknown): string {
   return printable(line);
 }
 
-/** Prints a diagnostic line on stderr. */
-function warn(line: string) {
-  console.error(line);
+// Warnings of each kind: when the last was printed, and how many since were not.
+const warnings = new Map<string, { at: number; held: number }>();
+
+/**
+ * Prints `line` on stderr, but at most one line a second of each `kind`, with
+ * a count of those held back: a flood of failures must not become a flood of
+ * lines.
+ */
+function warn(kind: string, line: string) {
+  const now = Date.now();
+  const last = warnings.get(kind) ?? { at: -Infinity, held: 0 };
+  warnings.set(kind, last);
+  if (now - last.at < 1000) {
+    last.held++;
+    return;
+  }
+  const held = last.held > 0 ? ` (and ${last.held} more like it before)` : "";
+  console.error(`${line}${held}`);
+  last.at = now;
+  last.held = 0;
 }
 
 // The command line.
@@ -544,7 +753,7 @@ Options:
       --echo             send every datagram back to its sender
       --chat             relay every datagram to the other chat members: the
                          addresses that sent one in the last ${CHAT_IDLE_MINUTES} minutes
-                         (at most ${CHAT_MAX_MEMBERS} of them)
+                         (at most ${CHAT_MAX_MEMBERS} of them; ${RELAY_RATE} relays a second each)
   -h, --help             show this help`;
 
 // Exit codes: 0 stopped with every line written; 1 a failure, or lines that
@@ -580,12 +789,30 @@ function parseOptions(args: string[]) {
   if (values.echo && values.chat) {
     throw new UsageError("--echo and --chat cannot be used together");
   }
-  // Accept [::1], the form in which IPv6 addresses are printed, as well as ::1.
-  const hostname = (values.hostname ?? DEFAULT_HOSTNAME).replace(
-    /^\[(.*)\]$/,
-    "$1",
-  );
+  const hostname = canonicalHost(values.hostname ?? DEFAULT_HOSTNAME);
   return { ...values, hostname, port };
+}
+
+/** `host` as Deno's permissions name it: lower case, IPv6 unbracketed and short. */
+function canonicalHost(host: string): string {
+  // 127.0.0.1:6789 or [::1]:6789: a port where only a host belongs.
+  const [, name, port] = host.match(/^\[(.*)\]:(\d*)$/) ??
+    host.match(/^([^:]*):(\d*)$/) ?? [];
+  if (name !== undefined) {
+    throw new UsageError(
+      `--hostname takes no port: use --hostname ${name} --port ${port}`,
+    );
+  }
+  const bare = host.replace(/^\[(.*)\]$/, "$1");
+  try {
+    // The URL parser knows every spelling: LOCALHOST, 0:0:0:0:0:0:0:1, 127.1.
+    const url = new URL(`http://${bare.includes(":") ? `[${bare}]` : bare}/`);
+    return url.hostname.replace(/^\[(.*)\]$/, "$1");
+  } catch {
+    throw new UsageError(
+      `--hostname must be a host name or an IP address, not "${host}"`,
+    );
+  }
 }
 
 async function main(args: string[]): Promise<number> {
@@ -601,7 +828,7 @@ async function main(args: string[]): Promise<number> {
   try {
     options = parseOptions(args);
   } catch (error) {
-    console.error(`error: ${reason(error)}`);
+    console.error(`error: ${reason(error)} (see --help)`);
     return 2;
   }
   if (options.help) {

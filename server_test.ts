@@ -6,10 +6,17 @@ import {
   ChatRoom,
   LinePrinter,
   type Output,
+  printable,
+  Replies,
   serve,
   type ServeOptions,
 } from "./server.ts";
-import { DEFAULT_MESSAGE, readLines, send } from "./client.ts";
+import {
+  DEFAULT_MESSAGE,
+  printable as clientPrintable,
+  readLines,
+  send,
+} from "./client.ts";
 import config from "./deno.json" with { type: "json" };
 
 const encoder = new TextEncoder();
@@ -294,7 +301,7 @@ test("serve() with a chat relays each message to the others, not to its sender",
   assert.equal(server.output.lines.length, 5);
 });
 
-test("serve() prints but does not relay a newcomer when the chat is full", async () => {
+test("serve() with a full chat lets a newcomer in, in place of the member silent longest", async () => {
   const chat = new ChatRoom({ maxMembers: 2 });
   const server = await start({ chat });
   const [a, b, c] = [listen(), listen(), listen()];
@@ -304,22 +311,23 @@ test("serve() prints but does not relay a newcomer when the chat is full", async
     await a.send(encoder.encode("a joins"), server.addr);
     await b.send(encoder.encode("b joins"), server.addr);
     assert.equal(await receiveText(a), `${name(b)} b joins`);
-    await c.send(encoder.encode("c is left out"), server.addr);
-    await a.send(encoder.encode("after c"), server.addr);
-    // Had c's words been relayed, they would arrive before these.
-    assert.equal(await receiveText(b), `${name(a)} after c`);
-    await b.send(encoder.encode("after c too"), server.addr);
-    assert.equal(await receiveText(a), `${name(b)} after c too`);
-    const lines = await server.output.waitForLines(5);
-    assert.match(lines[2], /: c is left out$/);
-    assert.equal(chat.size, 2);
+    await c.send(encoder.encode("c joins"), server.addr); // a leaves
+    assert.equal(await receiveText(b), `${name(c)} c joins`);
+    await b.send(encoder.encode("b again"), server.addr);
+    assert.equal(await receiveText(c), `${name(b)} b again`);
+    await a.send(encoder.encode("a is back"), server.addr); // c leaves
+    assert.equal(await receiveText(b), `${name(a)} a is back`);
+    await b.send(encoder.encode("b third"), server.addr);
+    // Had a heard "c joins" or "b again", they would arrive first.
+    assert.equal(await receiveText(a), `${name(b)} b third`);
   } finally {
     for (const conn of [a, b, c]) conn.close();
     await server.stop();
   }
+  assert.equal(chat.size, 2);
 });
 
-test("ChatRoom caps its members and lets silent ones expire", () => {
+test("ChatRoom admits a newcomer in place of the member silent longest, and lets silent ones expire", () => {
   const chat = new ChatRoom({ maxMembers: 2, idleMs: 1000 });
   const at = (port: number): Deno.NetAddr => ({
     transport: "udp",
@@ -328,18 +336,44 @@ test("ChatRoom caps its members and lets silent ones expire", () => {
   });
   assert.deepEqual(chat.hear(at(1), 0), []);
   assert.deepEqual(chat.hear(at(2), 10), [at(1)]);
-  assert.deepEqual(chat.hear(at(3), 20), [], "full: 3 is not admitted");
-  assert.equal(chat.size, 2);
-  assert.deepEqual(chat.hear(at(1), 900), [at(2)], "1 speaks again");
-  assert.deepEqual(chat.hear(at(3), 1009), [], "2 has been silent 999 ms");
   assert.deepEqual(
-    chat.hear(at(3), 1010),
-    [at(1)],
-    "2 has left, 3 takes its place",
+    chat.hear(at(3), 20),
+    [at(2)],
+    "full: 1, silent longest, leaves",
   );
-  assert.deepEqual(chat.hear(at(2), 1500), [], "full again");
-  assert.deepEqual(chat.hear(at(2), 5000), [], "everyone left: 2 is alone");
+  assert.equal(chat.size, 2);
+  assert.deepEqual(chat.hear(at(2), 900), [at(3)], "2 speaks again");
+  assert.deepEqual(
+    chat.hear(at(1), 1010),
+    [at(2)],
+    "3 has been silent longest",
+  );
+  assert.deepEqual(
+    chat.hear(at(2), 5000),
+    [],
+    "everyone else left: 2 is alone",
+  );
   assert.equal(chat.size, 1);
+});
+
+test("ChatRoom relays 40 datagrams of a member at once, then 20 a second", () => {
+  const chat = new ChatRoom();
+  const at = (port: number): Deno.NetAddr => ({
+    transport: "udp",
+    hostname: "127.0.0.1",
+    port,
+  });
+  chat.hear(at(1), 0);
+  let relayed = 0;
+  for (let i = 0; i < 500; i++) relayed += chat.hear(at(2), 0).length;
+  assert.equal(relayed, 40, "a burst of 500 at once");
+  for (let i = 0; i < 500; i++) relayed += chat.hear(at(2), 1000).length;
+  assert.equal(relayed, 60, "and 20 a second later");
+  assert.deepEqual(
+    chat.hear(at(1), 1000),
+    [at(2)],
+    "the other member is not held back",
+  );
 });
 
 test("serve() ends when its signal aborts, and the port is free again", async () => {
@@ -370,7 +404,7 @@ test("serve() writes every line it read when stopped, in order", async () => {
   output.held = release.promise;
   const server = await start({ output, echo: true });
   const client = listen();
-  const sent = Array.from({ length: 200 }, (_, i) => `burst ${i}`);
+  const sent = Array.from({ length: 50 }, (_, i) => `burst ${i}`);
   try {
     for (const text of sent) {
       await client.send(encoder.encode(text), server.addr);
@@ -383,7 +417,7 @@ test("serve() writes every line it read when stopped, in order", async () => {
   release.resolve();
   const summary = await stopped;
   assert.deepEqual(summary, {
-    datagrams: 200,
+    datagrams: 50,
     bytes: sent.join("").length,
     ...NOTHING_LOST,
   });
@@ -1070,9 +1104,11 @@ async function sendEchoed(
   count: number,
 ): Promise<string[]> {
   const to = { transport: "udp", hostname: "127.0.0.1", port } as const;
+  // 3,000 bytes each: 40 of them overfill a pipe (64 KiB), within the
+  // echoes a peer gets at once (100).
   const texts = Array.from(
     { length: count },
-    (_, i) => `line ${i} of ${count}, long enough to fill a pipe soon`,
+    (_, i) => `line ${i} of ${count}: ${"x".repeat(3000)}`,
   );
   for (const text of texts) {
     await client.send(encoder.encode(text), to);
@@ -1101,7 +1137,7 @@ test(
     const client = listen();
     let texts;
     try {
-      texts = await sendEchoed(client, await server.port(), 3000);
+      texts = await sendEchoed(client, await server.port(), 40);
     } finally {
       client.close();
     }
@@ -1112,13 +1148,13 @@ test(
     assert.ok(took < 1000, `stopped in ${took} ms`);
     assert.equal(code, 1);
     const [, unwritten] = stderr.match(
-      /\nReceived 3000 datagrams, \d+ bytes; (\d+) lines not written: the output did not take them in time\n$/,
+      /\nReceived 40 datagrams, \d+ bytes; (\d+) lines not written: the output did not take them in time\n$/,
     ) ?? [];
     assert.ok(unwritten, stderr);
     // The lines in the pipe and the lines not written make up every line.
     const lines = (await readAll(server.process.stdout)).split("\n");
     assert.equal(lines.pop(), "");
-    assert.equal(lines.length + Number(unwritten), 3000);
+    assert.equal(lines.length + Number(unwritten), 40);
     const from = `Message from 127.0.0.1:${
       (client.addr as Deno.NetAddr).port
     }: `;
@@ -1152,7 +1188,7 @@ test(
     assert.equal(code, 141);
     assert.match(
       stderr,
-      /^Listening on [^\n]*\nReceived 2 datagrams, 88 bytes; the output was closed, 1 line not written\n$/,
+      /^Listening on [^\n]*\nReceived 2 datagrams, 6026 bytes; the output was closed, 1 line not written\n$/,
     );
   },
 );
@@ -1180,16 +1216,16 @@ test(
     const client = listen();
     let texts;
     try {
-      // 3000 lines do not fit in the pipe: the writes meet a full pipe.
-      texts = await sendEchoed(client, await server.port(), 3000);
+      // 40 lines do not fit in the pipe: the writes meet a full pipe.
+      texts = await sendEchoed(client, await server.port(), 40);
     } finally {
       client.close();
     }
     const reader = server.process.stdout
       .pipeThrough(new TextDecoderStream()).getReader();
     let text = "";
-    while (text.split("\n").length <= 3000) {
-      const { value, done } = await within("3000 lines", reader.read());
+    while (text.split("\n").length <= 40) {
+      const { value, done } = await within("40 lines", reader.read());
       if (done) break;
       text += value;
     }
@@ -1201,7 +1237,7 @@ test(
       (client.addr as Deno.NetAddr).port
     }: `;
     assert.equal(text, texts.map((line) => `${from}${line}\n`).join(""));
-    assert.match(stderr, /\nReceived 3000 datagrams, \d+ bytes\n$/);
+    assert.match(stderr, /\nReceived 40 datagrams, \d+ bytes\n$/);
   },
 );
 
@@ -1330,4 +1366,126 @@ test("deno task client ends with exit code 141 when the reader of its output goe
   } finally {
     server.close();
   }
+});
+
+// A hostile network: any bytes, from any claimed address.
+
+const udp = (hostname: string, port: number): Deno.NetAddr => ({
+  transport: "udp",
+  hostname,
+  port,
+});
+
+test("Replies refuses the server's own address, port 0 and the well-known ports", () => {
+  const replies = new Replies(udp("127.0.0.1", 6789));
+  assert.equal(
+    replies.refuses(udp("127.0.0.1", 6789)),
+    "the server's own address",
+  );
+  for (const port of [0, 7, 13, 17, 19, 37, 53, 123, 1023]) {
+    assert.equal(
+      replies.refuses(udp("127.0.0.1", port)),
+      "a well-known port",
+      `${port}`,
+    );
+  }
+  assert.equal(replies.refuses(udp("127.0.0.1", 1024)), undefined);
+  assert.equal(
+    replies.refuses(udp("127.0.0.2", 6789)),
+    undefined,
+    "another host",
+  );
+  // On every address, 6789 is its own on each of them.
+  const anywhere = new Replies(udp("0.0.0.0", 6789));
+  assert.equal(
+    anywhere.refuses(udp("10.0.0.5", 6789)),
+    "the server's own address",
+  );
+  assert.equal(
+    new Replies(udp("::", 6789)).refuses(udp("::1", 6789)),
+    "the server's own address",
+  );
+});
+
+test("Replies allows 100 replies to an address at once, then 50 a second", () => {
+  const replies = new Replies(udp("127.0.0.1", 6789));
+  const data = new Uint8Array([1]);
+  const to = udp("127.0.0.1", 5000);
+  let sent = 0;
+  for (let i = 0; i < 500; i++) sent += replies.take(to, data, 0) ? 1 : 0;
+  assert.equal(sent, 100);
+  for (let i = 0; i < 500; i++) sent += replies.take(to, data, 1000) ? 1 : 0;
+  assert.equal(sent, 150);
+  assert.ok(
+    replies.take(udp("127.0.0.1", 5001), data, 1000),
+    "others are not held back",
+  );
+});
+
+test("serve() with echo stops answering a peer that sends back what it was sent: an echo loop", async () => {
+  const server = await start({ echo: true });
+  // An echo service: it sends back every datagram it gets.
+  const service = listen();
+  try {
+    await service.send(encoder.encode("loop"), server.addr);
+    for (let i = 0; i < 2; i++) {
+      const [data] = await receive(service);
+      assert.equal(decoder.decode(data), "loop");
+      await service.send(data, server.addr);
+    }
+    // Something new is answered again; had the loop gone on, a third "loop"
+    // would arrive first.
+    await service.send(encoder.encode("new"), server.addr);
+    assert.equal(await receiveText(service), "new");
+    assert.equal((await server.output.waitForLines(4)).length, 4);
+  } finally {
+    service.close();
+    await server.stop();
+  }
+});
+
+test("serve() with a chat does not relay a datagram that is a relay already", async () => {
+  const server = await start({ chat: new ChatRoom() });
+  const [member, other] = [listen(), listen()];
+  try {
+    await member.send(encoder.encode("here"), server.addr);
+    // As another chat server relays: marked. Relayed again, it would loop.
+    await other.send(encoder.encode("<127.0.0.1:5> relayed"), server.addr);
+    await other.send(encoder.encode("<[::1]:5> relayed"), server.addr);
+    await other.send(encoder.encode("plain"), server.addr);
+    const port = (other.addr as Deno.NetAddr).port;
+    assert.equal(await receiveText(member), `<127.0.0.1:${port}> plain`);
+    const lines = await server.output.waitForLines(4);
+    assert.match(
+      lines[1],
+      /: <127\.0\.0\.1:5> relayed$/,
+      "printed all the same",
+    );
+  } finally {
+    member.close();
+    other.close();
+    await server.stop();
+  }
+});
+
+test("printable() of client.ts escapes as server.ts does", () => {
+  const hostile = "\x1b[2J\r\n\u2028\u2029\u202e\u2066\ufeff\\x1b \u0085 é";
+  assert.equal(
+    printable(hostile),
+    "\\x1b[2J\\r\\n\\u2028\\u2029\\u202e\\u2066\\ufeff\\\\x1b \\x85 é",
+  );
+  assert.equal(clientPrintable(hostile), printable(hostile));
+});
+
+test("deno task server: a hostile host name is printed escaped, on one line", async () => {
+  const { code, stdout, stderr } = await run(
+    "server",
+    "-H",
+    "\x1b[2J\nhost",
+  );
+  assert.equal(code, 2);
+  assert.equal(stdout, "");
+  assert.equal(stderr.split("\n").length, 2, stderr);
+  assert.ok(stderr.includes("\\x1b[2J\\nhost"), stderr);
+  assert.doesNotMatch(stderr.slice(0, -1), /\p{Cc}/u);
 });
