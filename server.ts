@@ -741,6 +741,13 @@ function warn(kind: string, line: string) {
   last.held = 0;
 }
 
+/** How many warnings were held back and never shown. */
+function heldWarnings(): number {
+  let held = 0;
+  for (const kind of warnings.values()) held += kind.held;
+  return held;
+}
+
 // The command line.
 
 const USAGE = `Usage: deno task server [options]
@@ -880,9 +887,11 @@ async function main(args: string[]): Promise<number> {
   }
   const { datagrams, bytes, unwritten, outputError } = summary;
   const members = chat ? `; ${plural(chat.size, "chat member")}` : "";
+  const held = heldWarnings();
+  const hidden = held > 0 ? `; ${plural(held, "warning")} not shown` : "";
   const received = `Received ${plural(datagrams, "datagram")}, ${
     plural(bytes, "byte")
-  }${members}`;
+  }${members}${hidden}`;
   const lost = `${plural(unwritten, "line")} not written`;
   if (outputError instanceof Deno.errors.BrokenPipe) {
     console.error(`${received}; the output was closed, ${lost}`);
