@@ -332,8 +332,9 @@ function tooLong(length: number): string {
 /** An error's message as the end of a line: "Address already in use (os error 98)" becomes "address already in use". */
 function reason(error: unknown): string {
   const message = error instanceof Error ? error.message : String(error);
-  // Deno 2.0 adds the system's words again: "... (os error 98): Address ...".
-  const text = message.replace(/ \(os error \d+\).*$/s, "");
+  // Deno 2.0 adds the system's words again: "... (os error 98): Address ...";
+  // parseArgs adds a long hint to "unknown option '--bogus'".
+  const text = message.replace(/ \(os error \d+\).*$|\. To specify a .*$/s, "");
   // A plain first word loses its capital; a name such as "Deno.listen" keeps it.
   const line = /^[A-Z][a-z]* /.test(text)
     ? text[0].toLowerCase() + text.slice(1)

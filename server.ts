@@ -15,16 +15,6 @@
  * still unstable. `--no-prompt`: a reply to an address outside the allow list
  * then fails and is reported, instead of stopping the server at a prompt.
  *
- * @example Serve until aborted, in a program of your own
- * ```ts ignore
- * import { serve } from "./server.ts";
- *
- * const controller = new AbortController();
- * Deno.addSignalListener("SIGINT", () => controller.abort());
- * const { datagrams } = await serve({ port: 0, signal: controller.signal });
- * console.error(`${datagrams} datagrams`);
- * ```
- *
  * @module
  */
 import { fstatSync } from "node:fs";
@@ -39,34 +29,34 @@ export const DEFAULT_PORT = 6789;
  * The tutorial's server: binds a UDP socket and prints every datagram that
  * arrives, one line each, until `signal` aborts or the output goes away.
  * Then it writes the lines still waiting and says what it received.
+ *
+ * @example Serve until Ctrl+C
+ * ```ts ignore
+ * const controller = new AbortController();
+ * Deno.addSignalListener("SIGINT", () => controller.abort());
+ * const { datagrams } = await serve({ port: 0, signal: controller.signal });
+ * ```
  */
 export async function serve(options: ServeOptions = {}): Promise<Summary> {
   const { hostname = DEFAULT_HOSTNAME, port = DEFAULT_PORT, signal } = options;
-  const { echo = false, chat, output = Deno.stdout } = options;
   // 1. Bind. There is no listen() or accept(): UDP has no connections, so
-  // this one socket receives from every sender, and each datagram says who
-  // sent it.
+  // this one socket receives from every sender.
   const conn = Deno.listenDatagram({ transport: "udp", hostname, port });
+  // Stopping closes the socket, once: when `signal` aborts, or the output fails.
   const stopped = Promise.withResolvers<void>();
-  let open = true;
-  const stop = () => {
-    if (open) conn.close();
-    open = false;
-    stopped.resolve();
-  };
-  signal?.addEventListener("abort", stop, { once: true });
+  stopped.promise.then(() => conn.close());
+  const stop = () => stopped.resolve();
+  signal?.addEventListener("abort", stop);
   if (signal?.aborted) stop();
-  const lines = new LinePrinter(output, {
+  const lines = new LinePrinter(options.output ?? Deno.stdout, {
     onError: stop,
-    // A regular file is never short of room: it takes whole chunks.
-    pieceSize: output === Deno.stdout && isFile(1) ? CHUNK_SIZE : PIECE_SIZE,
   });
   const replies = new Replies(conn.addr as Deno.NetAddr);
   options.onListen?.(conn.addr as Deno.NetAddr);
   // 2. Loop on recvfrom(). The tutorial's recvfrom(1024) keeps 1024 bytes of
-  // a datagram and drops the rest; 64 KiB holds the largest whole. The buffer
-  // is reused, as recvfrom() fills one: a fresh one per datagram would make
-  // garbage, and the collector's pauses would let the socket's queue overflow.
+  // a datagram and drops the rest; 64 KiB holds the largest. One buffer
+  // serves every datagram: a new one each time would make garbage, and the
+  // collector's pauses would let the socket's queue overflow.
   const buffer = new Uint8Array(65_536);
   let datagrams = 0, bytes = 0;
   try {
@@ -76,32 +66,20 @@ export async function serve(options: ServeOptions = {}): Promise<Summary> {
         [data, from] = await conn.receive(buffer);
       } catch (error) {
         if (isClosed(error)) break;
-        // Windows fails a receive after a reply went to a closed port; that
-        // concerns the reply, not the datagrams to come.
-        if (!(error instanceof Deno.errors.ConnectionReset)) throw error;
-        warn("reset", `warning: ${reason(error)}`);
+        skipReset(error);
         continue;
       }
       datagrams++;
       bytes += data.length;
       // 3. Print it: one line, its sender first, its bytes made safe to print.
       lines.print(from as Deno.NetAddr, data);
-      if (echo) {
-        await echoBack(conn, data, from as Deno.NetAddr, replies, Date.now());
+      const [now, sender] = [Date.now(), from as Deno.NetAddr];
+      if (options.echo) await echoBack(conn, data, sender, replies, now);
+      if (options.chat) {
+        await relay(conn, data, sender, options.chat, replies, now);
       }
-      if (chat) {
-        await relay(
-          conn,
-          data,
-          from as Deno.NetAddr,
-          chat,
-          replies,
-          Date.now(),
-        );
-      }
-      // The output is far behind: stop reading until it catches up. Meanwhile
-      // the kernel queues what arrives, and drops what does not fit, as it does
-      // for any receiver that is too slow.
+      // Output far behind: read no more until it catches up. Meanwhile the
+      // kernel queues what arrives, then drops it, as for any slow receiver.
       if (lines.full) await Promise.race([lines.room(), stopped.promise]);
     }
   } finally {
@@ -109,6 +87,16 @@ export async function serve(options: ServeOptions = {}): Promise<Summary> {
     signal?.removeEventListener("abort", stop);
   }
   return { datagrams, bytes, ...await lines.finish(STOP_GRACE_MS) };
+}
+
+/**
+ * Lets the receive loop go on after Windows' `ConnectionReset`: Windows fails
+ * a receive after a reply went to a closed port, which concerns that reply,
+ * not the datagrams to come. Any other error is thrown again.
+ */
+export function skipReset(error: unknown): void {
+  if (!(error instanceof Deno.errors.ConnectionReset)) throw error;
+  warn("reset", `warning: ${reason(error)}`);
 }
 
 /** How `serve()` listens and what it does with each datagram. */
@@ -181,7 +169,7 @@ const PREFIXES = 1024;
 export interface LinePrinterOptions {
   /** Called once if the output fails. */
   onError?: () => void;
-  /** The most bytes a write gives the output (default: 4096). */
+  /** The most bytes a write gives the output (default: 4096, or 65,536 for stdout that is a regular file). */
   pieceSize?: number;
 }
 
@@ -219,7 +207,9 @@ export class LinePrinter {
   constructor(output: Output, options: LinePrinterOptions = {}) {
     this.#output = output;
     this.#onError = options.onError ?? (() => {});
-    this.#pieceSize = options.pieceSize ?? PIECE_SIZE;
+    // A regular file is never short of room: it takes whole chunks.
+    const file = output === Deno.stdout && isFile(1);
+    this.#pieceSize = options.pieceSize ?? (file ? CHUNK_SIZE : PIECE_SIZE);
   }
 
   /** Adds the line for `data` from `from`; it is written within 10 ms. */
@@ -564,7 +554,7 @@ async function echoBack(
       `warning: not replying to ${where}: more than ${REPLY_RATE} a second`,
     );
   }
-  await send(conn, data, from);
+  await reply(conn, data, from);
 }
 
 /** Relays `data` from `from`, marked with who said it, to the chat's other members. */
@@ -593,7 +583,7 @@ async function relay(
   marked.set(data, mark.length);
   for (const member of members) {
     if (replies.refuses(member)) continue;
-    if (replies.take(member, marked, now)) await send(conn, marked, member);
+    if (replies.take(member, marked, now)) await reply(conn, marked, member);
     else {warn(
         "rate",
         `warning: not relaying to ${
@@ -611,12 +601,16 @@ function isRelay(data: Uint8Array): boolean {
   );
 }
 
-/** Sends `data` to `to`. A failure concerns that peer only: it is reported, and serving goes on. */
-async function send(
+/**
+ * Sends `data` to `to`. A failure concerns that peer only: it is reported,
+ * and serving goes on. A socket closed meanwhile (the server stops) ends it
+ * quietly: the receive loop then ends.
+ */
+export async function reply(
   conn: Deno.DatagramConn,
   data: Uint8Array,
   to: Deno.NetAddr,
-) {
+): Promise<void> {
   try {
     await conn.send(data, to);
   } catch (error) {
@@ -710,8 +704,9 @@ function isClosed(error: unknown): boolean {
 /** An error's message as the end of a line: "Address already in use (os error 98)" becomes "address already in use". */
 function reason(error: unknown): string {
   const message = error instanceof Error ? error.message : String(error);
-  // Deno 2.0 adds the system's words again: "... (os error 98): Address ...".
-  const text = message.replace(/ \(os error \d+\).*$/s, "");
+  // Deno 2.0 adds the system's words again: "... (os error 98): Address ...";
+  // parseArgs adds a long hint to "unknown option '--bogus'".
+  const text = message.replace(/ \(os error \d+\).*$|\. To specify a .*$/s, "");
   // A plain first word loses its capital; a name such as "Deno.listen" keeps it.
   const line = /^[A-Z][a-z]* /.test(text)
     ? text[0].toLowerCase() + text.slice(1)
@@ -751,6 +746,7 @@ function heldWarnings(): number {
 // The command line.
 
 const USAGE = `Usage: deno task server [options]
+   or: deno run --unstable-net --no-prompt '--allow-net=127.0.0.1,[::1],localhost' server.ts [options]
 
 Prints every UDP datagram that arrives, one line each, with its sender.
 

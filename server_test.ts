@@ -8,8 +8,10 @@ import {
   type Output,
   printable,
   Replies,
+  reply,
   serve,
   type ServeOptions,
+  skipReset,
 } from "./server.ts";
 import {
   DEFAULT_MESSAGE,
@@ -1489,3 +1491,115 @@ test("deno task server: a hostile host name is printed escaped, on one line", as
   assert.ok(stderr.includes("\\x1b[2J\\nhost"), stderr);
   assert.doesNotMatch(stderr.slice(0, -1), /\p{Cc}/u);
 });
+
+// What the help and the README promise, pinned.
+
+/** Runs `fn` with console.error collected instead of printed. */
+async function collectErrors(fn: () => unknown): Promise<string[]> {
+  const errors: string[] = [];
+  const original = console.error;
+  console.error = (...args: unknown[]) => errors.push(args.join(" "));
+  try {
+    await fn();
+  } finally {
+    console.error = original;
+  }
+  return errors;
+}
+
+test("skipReset() lets the loop go on after Windows' ConnectionReset, and nothing else", async () => {
+  const errors = await collectErrors(() =>
+    skipReset(
+      new Deno.errors.ConnectionReset("Connection reset (os error 10054)"),
+    )
+  );
+  assert.equal(errors.length, 1);
+  assert.match(errors[0], /^warning: connection reset/);
+  assert.throws(
+    () => skipReset(new Deno.errors.PermissionDenied("no")),
+    Deno.errors.PermissionDenied,
+  );
+});
+
+test("reply() ends quietly on a closed socket, and reports any other failure", async () => {
+  const failing = (error: Error) =>
+    ({ send: () => Promise.reject(error) }) as unknown as Deno.DatagramConn;
+  const to = udp("127.0.0.1", 5000);
+  const data = new Uint8Array(1);
+  assert.deepEqual(
+    await collectErrors(() =>
+      reply(failing(new Deno.errors.BadResource("closed")), data, to)
+    ),
+    [],
+  );
+  const errors = await collectErrors(() =>
+    reply(
+      failing(new Deno.errors.NotCapable('Requires net access to "x"')),
+      data,
+      to,
+    )
+  );
+  assert.equal(errors.length, 1);
+  assert.match(
+    errors[0],
+    /^warning: cannot send to 127\.0\.0\.1:5000: requires net access/,
+  );
+});
+
+test("deno task server and client take port 65535, and not 65536", async () => {
+  for (const name of ["server", "client"] as const) {
+    assert.equal((await run(name, "-p", "65535", "-h")).code, 0, name);
+    assert.equal((await run(name, "-p", "65536", "-h")).code, 2, name);
+  }
+});
+
+test(
+  "the run line in each file's header works for the file alone, as the help says",
+  {
+    ignore: NO_SIGINT,
+  },
+  async () => {
+    const server = await start({ echo: true });
+    try {
+      for (const name of ["server", "client"] as const) {
+        const source = await Deno.readTextFile(new URL(`${name}.ts`, ROOT));
+        const [line] = source.match(/deno run --unstable-net [^\n]*\.ts/) ?? [];
+        assert.ok(line, `${name}.ts has a run line`);
+        const help = await run(name, "--help");
+        assert.ok(
+          help.stdout.includes(line),
+          `--help of ${name} shows ${line}`,
+        );
+        const [, ...args] = line.match(/'[^']*'|\S+/g)!.map((word) =>
+          word.replace(/^'(.*)'$/, "$1")
+        );
+        // --no-config: as a copy of the file alone, without deno.json.
+        args.splice(1, 0, "--no-config");
+        if (name === "client") {
+          const { code, stdout } = await runDeno(
+            ...args.slice(1),
+            "-p",
+            String(server.port),
+            "-w",
+          );
+          assert.equal(code, 0);
+          assert.match(stdout, /: Hello, Server\n$/);
+        } else {
+          await using copy = new Task([...args, "-p", "0", "--echo"]);
+          const port = await copy.port();
+          const client = listen();
+          try {
+            await client.send(encoder.encode("copied"), udp("127.0.0.1", port));
+            assert.equal(await receiveText(client), "copied");
+          } finally {
+            client.close();
+          }
+          copy.process.kill("SIGINT");
+          assert.equal((await copy.result()).code, 0);
+        }
+      }
+    } finally {
+      await server.stop();
+    }
+  },
+);
