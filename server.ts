@@ -61,9 +61,10 @@ export async function serve(options: ServeOptions = {}): Promise<Summary> {
   let datagrams = 0, bytes = 0;
   try {
     while (true) {
-      let data, from;
+      let data: Uint8Array, from: Deno.NetAddr;
       try {
-        [data, from] = await conn.receive(buffer);
+        // A UDP sender's address always has a hostname and a port.
+        [data, from] = await conn.receive(buffer) as [Uint8Array, Deno.NetAddr];
       } catch (error) {
         if (isClosed(error)) break;
         skipReset(error);
@@ -72,12 +73,9 @@ export async function serve(options: ServeOptions = {}): Promise<Summary> {
       datagrams++;
       bytes += data.length;
       // 3. Print it: one line, its sender first, its bytes made safe to print.
-      lines.print(from as Deno.NetAddr, data);
-      const [now, sender] = [Date.now(), from as Deno.NetAddr];
-      if (options.echo) await echoBack(conn, data, sender, replies, now);
-      if (options.chat) {
-        await relay(conn, data, sender, options.chat, replies, now);
-      }
+      lines.print(from, data);
+      if (options.echo) await echoBack(conn, data, from, replies);
+      if (options.chat) await relay(conn, data, from, options.chat, replies);
       // Output far behind: read no more until it catches up. Meanwhile the
       // kernel queues what arrives, then drops it, as for any slow receiver.
       if (lines.full) await Promise.race([lines.room(), stopped.promise]);
@@ -123,7 +121,7 @@ export interface Summary {
   datagrams: number;
   /** Bytes received. */
   bytes: number;
-  /** Lines not written: the output failed, or took longer than 1 s after the stop. */
+  /** Lines not written: the output failed, or did not take them within 0.75 s of the stop. */
   unwritten: number;
   /** Why the output failed, if it did: `BrokenPipe` when its reader went away. */
   outputError?: Error;
@@ -535,8 +533,8 @@ async function echoBack(
   data: Uint8Array,
   from: Deno.NetAddr,
   replies: Replies,
-  now: number,
 ) {
+  const now = Date.now();
   const refused = replies.refuses(from);
   const where = formatAddress(from);
   if (refused) {
@@ -564,8 +562,8 @@ async function relay(
   from: Deno.NetAddr,
   chat: ChatRoom,
   replies: Replies,
-  now: number,
 ) {
+  const now = Date.now();
   const refused = replies.refuses(from);
   if (refused) {
     return warn(
