@@ -210,7 +210,7 @@ export class LinePrinter {
     this.#pieceSize = options.pieceSize ?? (file ? CHUNK_SIZE : PIECE_SIZE);
   }
 
-  /** Adds the line for `data` from `from`; it is written within 10 ms. */
+  /** Adds the line for `data` from `from`: written within 10 ms, or as soon as the output has taken the lines before it. */
   print(from: Deno.NetAddr, data: Uint8Array): void {
     const prefix = this.#prefix(from);
     // Printable ASCII, the common case, goes as it is: no string is made.
