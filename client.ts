@@ -299,9 +299,12 @@ function escape(char: string): string {
 
 /** `127.0.0.1:6789`, or `[::1]:6789` for IPv6. */
 function formatAddress({ hostname, port }: Deno.NetAddr): string {
-  return hostname.includes(":")
-    ? `[${hostname}]:${port}`
-    : `${hostname}:${port}`;
+  return `${bracketed(hostname)}:${port}`;
+}
+
+/** `::1` as `[::1]`, the form that an address with a port and `--allow-net` take. */
+function bracketed(hostname: string): string {
+  return hostname.includes(":") ? `[${hostname}]` : hostname;
 }
 
 function address(server: Server): Deno.NetAddr {
@@ -479,20 +482,23 @@ async function main(args: string[]): Promise<number> {
     return 1;
   }
   const { message, count, hostname, port, timeout } = options;
-  const where = printable(formatAddress({ transport: "udp", hostname, port }));
-  // Ask first, to name the host as it was typed, and the flag that allows it.
-  const hosts = [formatAddress({ transport: "udp", hostname, port })];
-  const local = localAddress(hostname);
-  if (local !== hostname) hosts.push(local);
-  const denied = hosts.some((host) =>
+  const server = formatAddress({ transport: "udp", hostname, port });
+  const where = printable(server);
+  // Ask first, to name the host as it was typed, and the flag that allows it
+  // (IPv6 in brackets, as --allow-net takes it, and then quoted for zsh).
+  const local = bracketed(localAddress(hostname));
+  const denied = [server, local].some((host) =>
     Deno.permissions.querySync({ name: "net", host }).state !== "granted"
   );
   if (denied) {
-    const typed = printable(options.typed);
+    const hosts = [...new Set([bracketed(hostname), local])].join(",");
+    const flag = hosts.includes("[")
+      ? `'--allow-net=${hosts}'`
+      : `--allow-net=${hosts}`;
     console.error(
-      `error: not allowed to send to ${typed}: run client.ts with --allow-net=${
-        printable([hostname, local].join(","))
-      }`,
+      `error: not allowed to send to ${
+        printable(options.typed)
+      }: run client.ts with ${printable(flag)}`,
     );
     return 1;
   }

@@ -1319,6 +1319,13 @@ test("deno task client: a host with a port, or not allowed, is one line that say
     stderr,
     "error: not allowed to send to NoSuch.invalid: run client.ts with --allow-net=nosuch.invalid,0.0.0.0\n",
   );
+  // IPv6 in brackets, as --allow-net takes it, quoted for zsh.
+  const v6 = await run("client", "-H", "2001:DB8::1");
+  assert.equal(v6.code, 1);
+  assert.equal(
+    v6.stderr,
+    "error: not allowed to send to 2001:DB8::1: run client.ts with '--allow-net=[2001:db8::1],[::]'\n",
+  );
   // Neither task ever asks: a question at a terminal would wait for ever.
   assert.match(config.tasks.client, / --no-prompt /);
   assert.match(config.tasks.server, / --no-prompt /);
