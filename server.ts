@@ -219,15 +219,16 @@ export class LinePrinter {
       : encoder.encode(printable(decoder.decode(data)));
     const size = prefix.length + text.length + 1;
     if (this.#length + size > CHUNK_SIZE) this.#flush();
-    const line = size > CHUNK_SIZE ? new Uint8Array(size) : this.#chunk;
-    const start = line === this.#chunk ? this.#length : 0;
+    // A line longer than a chunk (escapes make up to 4 bytes of one) is a
+    // chunk of its own.
+    const oversized = size > CHUNK_SIZE;
+    const line = oversized ? new Uint8Array(size) : this.#chunk;
+    const start = oversized ? 0 : this.#length;
     line.set(prefix, start);
     line.set(text, start + prefix.length);
     line[start + size - 1] = 0x0a; // "\n"
     this.#printed++;
-    if (line !== this.#chunk) { // longer than a chunk: a chunk of its own
-      return this.#enqueue({ bytes: line, lines: 1 });
-    }
+    if (oversized) return this.#enqueue({ bytes: line, lines: 1 });
     this.#length += size;
     this.#lines++;
     // Written soon, in one write with the lines that come meanwhile; while a
@@ -258,14 +259,11 @@ export class LinePrinter {
     const late = new Promise((resolve) => timer = setTimeout(resolve, graceMs));
     await Promise.race([this.#writing, late]);
     clearTimeout(timer);
-    // The lines of a chunk written in part count as written.
-    const head = this.#queue[0]?.bytes.subarray(0, this.#offset);
+    // The whole lines of a chunk written in part count as written.
+    const head = this.#queue[0]?.bytes.subarray(0, this.#offset) ??
+      new Uint8Array();
     let partial = 0;
-    for (
-      let i = head?.indexOf(0x0a) ?? -1;
-      i >= 0;
-      i = head!.indexOf(0x0a, i + 1)
-    ) {
+    for (let i = head.indexOf(0x0a); i >= 0; i = head.indexOf(0x0a, i + 1)) {
       partial++;
     }
     const unwritten = this.#printed - this.#written - partial;
