@@ -17,7 +17,6 @@
  *
  * @module
  */
-import { fstatSync } from "node:fs";
 import { parseArgs } from "node:util";
 
 /** The tutorial's address: loopback, so only this machine can send to it. */
@@ -153,8 +152,11 @@ const FLUSH_MS = 10;
 // writes stdout through a line buffer, so that only a write of whole lines is
 // either taken whole or not at all; and a pipe takes at most 4096 bytes
 // (PIPE_BUF) all or nothing. So writes are of whole lines, 4096 bytes at most
-// (a longer line goes in pieces of 4096 bytes). Each write has a cost, though,
-// so a regular file, which cannot be non-blocking, takes whole chunks.
+// (a longer line goes in pieces of 4096 bytes). Even to a regular file, where
+// a larger write would be safe: telling a file from a pipe takes node:fs, and
+// loading it made each full garbage collection stop the receive loop 2-3 ms
+// longer (about 100 more datagrams lost at 50,000/s), a far greater cost than
+// the extra writes (see the README's "How fast is it?").
 const PIECE_SIZE = 4096;
 const RETRY_MS = 5;
 // On a stop, the lines still waiting get this long to be written.
@@ -167,8 +169,6 @@ const PREFIXES = 1024;
 export interface LinePrinterOptions {
   /** Called once if the output fails. */
   onError?: () => void;
-  /** The most bytes a write gives the output (default: 4096, or 65,536 for stdout that is a regular file). */
-  pieceSize?: number;
 }
 
 /** A chunk of lines waiting to be written. */
@@ -184,7 +184,6 @@ interface Chunk {
 export class LinePrinter {
   #output: Output;
   #onError: () => void;
-  #pieceSize: number;
   #chunk: Uint8Array = new Uint8Array(CHUNK_SIZE);
   #length = 0;
   #lines = 0;
@@ -205,9 +204,6 @@ export class LinePrinter {
   constructor(output: Output, options: LinePrinterOptions = {}) {
     this.#output = output;
     this.#onError = options.onError ?? (() => {});
-    // A regular file is never short of room: it takes whole chunks.
-    const file = output === Deno.stdout && isFile(1);
-    this.#pieceSize = options.pieceSize ?? (file ? CHUNK_SIZE : PIECE_SIZE);
   }
 
   /** Adds the line for `data` from `from`: written within 10 ms, or as soon as the output has taken the lines before it. */
@@ -332,7 +328,7 @@ export class LinePrinter {
   async #writeFirst() {
     const { bytes, lines } = this.#queue[0];
     try {
-      const next = piece(bytes, this.#offset, this.#pieceSize);
+      const next = piece(bytes, this.#offset);
       this.#offset += await this.#output.write(next);
     } catch (error) {
       if (error instanceof Deno.errors.Interrupted) return;
@@ -355,23 +351,14 @@ export class LinePrinter {
   }
 }
 
-/** The next write of `bytes` from `start`: whole lines, at most `size` bytes. */
-function piece(bytes: Uint8Array, start: number, size: number): Uint8Array {
-  let end = Math.min(start + size, bytes.length);
+/** The next write of `bytes` from `start`: whole lines, at most PIECE_SIZE bytes. */
+function piece(bytes: Uint8Array, start: number): Uint8Array {
+  let end = Math.min(start + PIECE_SIZE, bytes.length);
   if (end < bytes.length) {
     const newline = bytes.lastIndexOf(0x0a, end - 1);
     if (newline >= start) end = newline + 1;
   }
   return bytes.subarray(start, end);
-}
-
-/** Whether file descriptor `fd` is a regular file (not a pipe or terminal). */
-function isFile(fd: number): boolean {
-  try {
-    return fstatSync(fd).isFile();
-  } catch {
-    return false; // unknown: assume the worst
-  }
 }
 
 /** Whether every byte of `data` is printable ASCII other than a backslash. */
