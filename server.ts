@@ -2,18 +2,11 @@
  * A UDP server: the classic Python tutorial's `recvfrom` loop, in Deno.
  *
  * It binds 127.0.0.1:6789 and prints every datagram that arrives as one line,
- * `Message from <sender>: <text>`. With `--echo` it sends each datagram back;
- * with `--chat` it relays each one to everyone else who has spoken lately.
+ * `Message from <sender>: <text>`. The README explains each flag:
  *
  * ```sh
  * deno run --unstable-net --no-prompt '--allow-net=127.0.0.1,[::1],localhost' server.ts
  * ```
- *
- * Permissions: `--allow-net` for the address it listens on and for the senders
- * it replies to (`--echo`, `--chat`); quoted, because zsh takes an unquoted
- * `[::1]` for a pattern. `--unstable-net` because `Deno.listenDatagram` is
- * still unstable. `--no-prompt`: a reply to an address outside the allow list
- * then fails and is reported, instead of stopping the server at a prompt.
  *
  * @module
  */
@@ -25,150 +18,114 @@ export const DEFAULT_HOSTNAME = "127.0.0.1";
 export const DEFAULT_PORT = 6789;
 
 /**
- * The tutorial's server: binds a UDP socket and prints every datagram that
- * arrives, one line each, until `signal` aborts or the output goes away.
- * Then it writes the lines still waiting and says what it received.
- *
- * @example Serve until Ctrl+C
- * ```ts ignore
- * const controller = new AbortController();
- * Deno.addSignalListener("SIGINT", () => controller.abort());
- * const { datagrams } = await serve({ port: 0, signal: controller.signal });
- * ```
+ * The tutorial's server: binds a UDP socket and hands every datagram that
+ * arrives to `handler` (in the tutorial, a print), until `signal` aborts.
  */
-export async function serve(options: ServeOptions = {}): Promise<Summary> {
+export async function serve(options: ServeOptions, handler: Handler) {
   const { hostname = DEFAULT_HOSTNAME, port = DEFAULT_PORT, signal } = options;
   // 1. Bind. There is no listen() or accept(): UDP has no connections, so
   // this one socket receives from every sender.
   const conn = Deno.listenDatagram({ transport: "udp", hostname, port });
-  // Stopping closes the socket, once: when `signal` aborts, or the output fails.
+  // A stop closes the socket, once: the receive() under way fails, and the
+  // loop ends. Aborting the signal stops it; so does leaving the loop.
   const stopped = Promise.withResolvers<void>();
   stopped.promise.then(() => conn.close());
   const stop = () => stopped.resolve();
   signal?.addEventListener("abort", stop);
   if (signal?.aborted) stop();
-  const lines = new LinePrinter(options.output ?? Deno.stdout, {
-    onError: stop,
-  });
-  const replies = new Replies(conn.addr as Deno.NetAddr);
-  options.onListen?.(conn.addr as Deno.NetAddr);
-  // 2. Loop on recvfrom(). The tutorial's recvfrom(1024) keeps 1024 bytes of
-  // a datagram and drops the rest; 64 KiB holds the largest. One buffer
-  // serves every datagram: a new one each time would make garbage, and the
-  // collector's pauses would let the socket's queue overflow.
-  const buffer = new Uint8Array(65_536);
-  let datagrams = 0, bytes = 0;
   try {
+    options.onListen?.(conn.addr as Deno.NetAddr);
+    // 2. Loop on recvfrom(). The tutorial's recvfrom(1024) keeps 1024 bytes
+    // of a datagram; 64 KiB holds the largest. One buffer serves them all.
+    const buffer = new Uint8Array(65_536);
     while (true) {
-      let data: Uint8Array, from: Deno.NetAddr;
+      let received;
       try {
-        // A UDP sender's address always has a hostname and a port.
-        [data, from] = await conn.receive(buffer) as [Uint8Array, Deno.NetAddr];
+        received = await conn.receive(buffer);
       } catch (error) {
-        if (isClosed(error)) break;
-        skipReset(error);
-        continue;
+        if (isClosed(error)) break; // stopped
+        if (error instanceof Deno.errors.ConnectionReset) continue; // Windows
+        throw error;
       }
-      datagrams++;
-      bytes += data.length;
-      // 3. Print it: one line, its sender first, its bytes made safe to print.
-      lines.print(from, data);
-      if (options.echo) await echoBack(conn, data, from, replies);
-      if (options.chat) await relay(conn, data, from, options.chat, replies);
-      // Output far behind: read no more until it catches up. Meanwhile the
-      // kernel queues what arrives, then drops it, as for any slow receiver.
-      if (lines.full) await Promise.race([lines.room(), stopped.promise]);
+      // 3. Print it: the handler does (see `Printer`). A handler that returns
+      // a promise is waited for: it cannot keep up, so read no more for now.
+      const [data, from] = received;
+      const pending = handler(data, from as Deno.NetAddr, conn);
+      if (pending) await Promise.race([pending, stopped.promise]);
     }
   } finally {
-    stop();
     signal?.removeEventListener("abort", stop);
+    stop();
   }
-  return { datagrams, bytes, ...await lines.finish(STOP_GRACE_MS) };
 }
 
 /**
- * Lets the receive loop go on after Windows' `ConnectionReset`: Windows fails
- * a receive after a reply went to a closed port, which concerns that reply,
- * not the datagrams to come. Any other error is thrown again.
+ * What `serve()` does with each datagram. `data` is a view into the buffer
+ * that the next datagram overwrites: valid until the handler returns, or
+ * until the promise it returns settles.
  */
-export function skipReset(error: unknown): void {
-  if (!(error instanceof Deno.errors.ConnectionReset)) throw error;
-  warn("reset", `warning: ${reason(error)}`);
-}
+export type Handler = (
+  data: Uint8Array,
+  from: Deno.NetAddr,
+  conn: Deno.DatagramConn,
+) => void | Promise<void>;
 
-/** How `serve()` listens and what it does with each datagram. */
+/** Where `serve()` listens, and when it stops. */
 export interface ServeOptions {
   /** The address to listen on (default: `127.0.0.1`). */
   hostname?: string;
   /** The port to listen on, 0 for any free one (default: 6789). */
   port?: number;
-  /** Send every datagram back to its sender. */
-  echo?: boolean;
-  /** Relay every datagram to the other members of this chat. */
-  chat?: ChatRoom;
   /** Stops the server when aborted. */
   signal?: AbortSignal;
   /** Called once the socket is bound, with its address (and the port chosen for port 0). */
   onListen?: (addr: Deno.NetAddr) => void;
-  /** Where the lines go (default: `Deno.stdout`). */
-  output?: Output;
 }
 
-/** What `serve()` received, and what its output did not take. */
-export interface Summary {
-  /** Datagrams received. */
-  datagrams: number;
-  /** Bytes received. */
-  bytes: number;
-  /** Lines not written: the output failed, or did not take them within 0.75 s of the stop. */
-  unwritten: number;
-  /** Why the output failed, if it did: `BrokenPipe` when its reader went away. */
-  outputError?: Error;
+/** Whether `error` says that the socket was closed, which is how the loop ends. */
+function isClosed(error: unknown): boolean {
+  return error instanceof Deno.errors.BadResource ||
+    error instanceof Deno.errors.Interrupted;
 }
 
-/** Where `serve()` writes its lines: `Deno.stdout`, or any writer like it. */
-export interface Output {
-  /** Writes some of `data`, and says how many bytes. */
-  write(data: Uint8Array): Promise<number>;
-}
+// ---------------------------------------------------------------------------
+// Beyond the tutorial: the parts that make it hold up, in the order a learner
+// meets the problems: a slow output, a hostile sender, echo, chat, numbered
+// datagrams, the command line.
+// ---------------------------------------------------------------------------
 
-// Printing: output must never hold up receiving. A UDP sender does not wait
-// for the receiver: while the server waits for its output (a slow terminal, a
-// pipe whose reader pauses), datagrams pile up in the socket's queue, and
-// once it is full the kernel drops them. So lines are collected in chunks and
-// written in the background, with Deno.stdout.write(), which Deno runs on a
-// thread of its own: the receive loop, the signals and the stop carry on
-// whatever the output does.
+// 1. A slow output. A UDP sender does not wait for the receiver: while the
+// server waits for its output (a slow terminal, a pipe whose reader pauses),
+// datagrams pile up in the socket's queue, and once it is full the kernel
+// drops them. And `console.log()` waits: while a reader pauses, nothing else
+// runs, not even Ctrl+C. So lines are collected in chunks and written in the
+// background with `write()`, which Deno runs on a thread of its own: the
+// receive loop, the signals and the stop carry on whatever the output does.
+// Both stdout and stderr are written so.
 
-// The chunks waiting for the output take at most CHUNKS x CHUNK_SIZE bytes (1
-// MiB): past that, the server stops reading its socket (see serve()).
+// A chunk of lines, and how many bytes may wait at most (plus one line):
+// beyond that, `Printer` makes the loop wait, and diagnostics are dropped.
 const CHUNK_SIZE = 65_536;
-const CHUNKS = 16;
+const QUEUE_LIMIT = 1_048_576;
 // A line waits at most this long to be written, so that it shows promptly
 // while lines arriving together still share one write.
 const FLUSH_MS = 10;
 // Another program on the same pipe may make it non-blocking: a write to a full
 // pipe then fails with WouldBlock instead of waiting, and is tried again. Deno
 // writes stdout through a line buffer, so that only a write of whole lines is
-// either taken whole or not at all; and a pipe takes at most 4096 bytes
-// (PIPE_BUF) all or nothing. So writes are of whole lines, 4096 bytes at most
-// (a longer line goes in pieces of 4096 bytes). Even to a regular file, where
-// a larger write would be safe: telling a file from a pipe takes node:fs, and
-// loading it made each full garbage collection stop the receive loop 2-3 ms
-// longer (about 100 more datagrams lost at 50,000/s), a far greater cost than
-// the extra writes (see the README's "How fast is it?").
+// taken whole or not at all, and a pipe takes at most PIPE_BUF bytes (4096 on
+// Linux; 512 on macOS, where a longer write may then be cut) all or nothing.
+// So every write is of whole lines, 4096 bytes at most (a longer line goes in
+// pieces). Even to a regular file: telling a file from a pipe takes node:fs,
+// and loading it made each full garbage collection stop the receive loop 2-3
+// ms longer (see the README's "How fast is it?").
 const PIECE_SIZE = 4096;
 const RETRY_MS = 5;
-// On a stop, the lines still waiting get this long to be written.
-const STOP_GRACE_MS = 750;
-// Each sender's line prefix is kept, to make no new string per datagram. At
-// most this many, since forged source addresses have no end.
-const PREFIXES = 1024;
 
-/** How a `LinePrinter` writes. */
-export interface LinePrinterOptions {
-  /** Called once if the output fails. */
-  onError?: () => void;
+/** Where an `Output` writes: `Deno.stdout`, `Deno.stderr`, or any writer like them. */
+export interface Writer {
+  /** Writes some of `data`, and says how many bytes. */
+  write(data: Uint8Array): Promise<number>;
 }
 
 /** A chunk of lines waiting to be written. */
@@ -178,83 +135,96 @@ interface Chunk {
 }
 
 /**
- * Turns datagrams into lines, `Message from <sender>: <text>`, collects them
- * in chunks and writes the chunks in the background, in order.
+ * Lines on their way to a writer: collected in chunks, written in the
+ * background, in order, whole lines at a time. Nothing here ever blocks.
  */
-export class LinePrinter {
-  #output: Output;
-  #onError: () => void;
-  #chunk: Uint8Array = new Uint8Array(CHUNK_SIZE);
-  #length = 0;
-  #lines = 0;
-  #spare: Uint8Array[] = [];
+export class Output {
+  /** The chunk that lines are put in. */
+  buffer: Uint8Array = new Uint8Array(CHUNK_SIZE);
+  /** Why the writer failed, if it did: `BrokenPipe` when its reader went away. */
+  error: Error | undefined;
+  /** Lines dropped by `print()` because too many were waiting. */
+  dropped = 0;
+  #writer: Writer;
+  #onError: (error: Error) => void;
+  #length = 0; // of the lines in `buffer`
+  #lines = 0; // in `buffer`
+  #added = 0;
+  #written = 0;
   #queue: Chunk[] = [];
+  #queued = 0; // bytes
   #offset = 0; // how much of #queue[0] is written
+  #spare: Uint8Array[] = [];
   #writing: Promise<void> | undefined;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #room: PromiseWithResolvers<void> | undefined;
-  #error: Error | undefined;
-  #printed = 0;
-  #written = 0;
-  #prefixes = new Map<string, Map<number, Uint8Array>>();
-  #prefixCount = 0;
-  #last: { hostname: string; port: number; prefix: Uint8Array } | undefined;
+  #stopped = new AbortController();
 
-  /** A printer that writes to `output`. */
-  constructor(output: Output, options: LinePrinterOptions = {}) {
-    this.#output = output;
-    this.#onError = options.onError ?? (() => {});
+  /** Lines for `writer`; `onError` is called once if it fails. */
+  constructor(writer: Writer, onError: (error: Error) => void = () => {}) {
+    this.#writer = writer;
+    this.#onError = onError;
   }
 
-  /** Adds the line for `data` from `from`: written within 10 ms, or as soon as the output has taken the lines before it. */
-  print(from: Deno.NetAddr, data: Uint8Array): void {
-    const prefix = this.#prefix(from);
-    // Printable ASCII, the common case, goes as it is: no string is made.
-    const text = isPlain(data)
-      ? data
-      : encoder.encode(printable(decoder.decode(data)));
-    const size = prefix.length + text.length + 1;
-    if (this.#length + size > CHUNK_SIZE) this.#flush();
-    // A line longer than a chunk (escapes make up to 4 bytes of one) is a
-    // chunk of its own.
-    const oversized = size > CHUNK_SIZE;
-    const line = oversized ? new Uint8Array(size) : this.#chunk;
-    const start = oversized ? 0 : this.#length;
-    line.set(prefix, start);
-    line.set(text, start + prefix.length);
-    line[start + size - 1] = 0x0a; // "\n"
-    this.#printed++;
-    if (oversized) return this.#enqueue({ bytes: line, lines: 1 });
-    this.#length += size;
-    this.#lines++;
-    // Written soon, in one write with the lines that come meanwhile; while a
-    // write is under way, once that write is done.
-    if (!this.#writing) {
-      this.#timer ??= setTimeout(() => this.#flush(), FLUSH_MS);
-    }
-  }
-
-  /** Whether CHUNKS chunks are waiting for the output. */
+  /** Whether 1 MiB of lines or more is waiting. */
   get full(): boolean {
-    return this.#queue.length >= CHUNKS;
+    return this.#queued >= QUEUE_LIMIT;
   }
 
-  /** Resolves when a chunk has been written. */
+  /** Resolves once a chunk has been written, or the output has stopped. */
   room(): Promise<void> {
     this.#room ??= Promise.withResolvers();
     return this.#room.promise;
   }
 
+  /** Adds `line`, which ends in "\n": copied, so `line` may then be reused. */
+  append(line: Uint8Array) {
+    // A line that fits in a chunk is never cut across two: a pipe takes
+    // whole lines of 4096 bytes or less in one piece (see PIECE_SIZE).
+    if (this.#length + line.length > this.buffer.length) this.#flush();
+    let rest = line;
+    while (this.#length + rest.length > this.buffer.length) {
+      // Longer than a chunk: it fills this one and goes on in the next.
+      const room = this.buffer.length - this.#length;
+      this.buffer.set(rest.subarray(0, room), this.#length);
+      this.#length += room;
+      rest = rest.subarray(room);
+      this.#flush();
+    }
+    this.buffer.set(rest, this.#length);
+    this.#length += rest.length;
+    this.#lines++;
+    this.#added++;
+    // Written soon, in one write with the lines that come meanwhile; while a
+    // write is under way, once it is done.
+    if (!this.#writing && !this.#stopped.signal.aborted) {
+      this.#timer ??= setTimeout(() => this.#flush(), FLUSH_MS);
+    }
+  }
+
+  /** Adds `text` as a line, unless 1 MiB is waiting: for diagnostics, which must never hold anything up. */
+  print(text: string) {
+    if (this.full) {
+      this.dropped++;
+      return;
+    }
+    this.append(encoder.encode(`${text}\n`));
+  }
+
   /**
-   * Writes the lines still waiting, within `graceMs`; then says how many
-   * lines were not written, and why the output failed, if it did.
+   * Writes what is waiting, until the time `until` (`performance.now()`);
+   * then stops for good, and returns how many lines were not written. A
+   * write under way then may still land: Deno cannot take it back.
    */
-  async finish(graceMs: number): Promise<Omit<Summary, "datagrams" | "bytes">> {
+  async finish(until: number): Promise<number> {
     this.#flush();
-    let timer;
-    const late = new Promise((resolve) => timer = setTimeout(resolve, graceMs));
-    await Promise.race([this.#writing, late]);
-    clearTimeout(timer);
+    const stopped = this.#stopped.signal;
+    await Promise.race([
+      this.#writing,
+      delay(until - performance.now(), stopped),
+    ]);
+    this.#stopped.abort(); // and with it the timers
+    this.#room?.resolve();
     // The whole lines of a chunk written in part count as written.
     const head = this.#queue[0]?.bytes.subarray(0, this.#offset) ??
       new Uint8Array();
@@ -262,88 +232,62 @@ export class LinePrinter {
     for (let i = head.indexOf(0x0a); i >= 0; i = head.indexOf(0x0a, i + 1)) {
       partial++;
     }
-    const unwritten = this.#printed - this.#written - partial;
-    return { unwritten, outputError: this.#error };
+    return this.#added - this.#written - partial;
   }
 
-  /** `Message from 127.0.0.1:51610: `, made once per sender. */
-  #prefix({ hostname, port }: Deno.NetAddr): Uint8Array {
-    // Most often, the sender of the last datagram.
-    const last = this.#last;
-    if (last?.port === port && last.hostname === hostname) return last.prefix;
-    let ports = this.#prefixes.get(hostname);
-    let prefix = ports?.get(port);
-    if (prefix) {
-      this.#last = { hostname, port, prefix };
-      return prefix;
-    }
-    if (this.#prefixCount >= PREFIXES) {
-      this.#prefixes.clear();
-      this.#prefixCount = 0;
-      ports = undefined;
-    }
-    if (!ports) this.#prefixes.set(hostname, ports = new Map());
-    const from = formatAddress({ transport: "udp", hostname, port });
-    prefix = encoder.encode(`Message from ${from}: `);
-    ports.set(port, prefix);
-    this.#prefixCount++;
-    this.#last = { hostname, port, prefix };
-    return prefix;
-  }
-
-  /** Sends the chunk being filled to the output, and starts a new one. */
+  /** Sends the lines in `buffer` to be written, and starts a new chunk. */
   #flush() {
     clearTimeout(this.#timer);
     this.#timer = undefined;
     if (this.#length === 0) return;
-    const chunk = {
-      bytes: this.#chunk.subarray(0, this.#length),
+    this.#queue.push({
+      bytes: this.buffer.subarray(0, this.#length),
       lines: this.#lines,
-    };
-    this.#chunk = this.#spare.pop() ?? new Uint8Array(CHUNK_SIZE);
+    });
+    this.#queued += this.#length;
+    this.buffer = this.#spare.pop() ?? new Uint8Array(CHUNK_SIZE);
     this.#length = 0;
     this.#lines = 0;
-    this.#enqueue(chunk);
-  }
-
-  #enqueue(chunk: Chunk) {
-    this.#queue.push(chunk);
     this.#writing ??= this.#write();
   }
 
-  /** Writes the queued chunks in order, until none is left or the output fails. */
+  /** Writes the queued chunks in order, until none is left, or it fails or stops. */
   async #write() {
+    const stopped = this.#stopped.signal;
     try {
-      while (this.#queue.length > 0 && !this.#error) await this.#writeFirst();
+      while (this.#queue.length > 0 && !this.error && !stopped.aborted) {
+        await this.#writeSome();
+      }
     } finally {
       this.#writing = undefined;
     }
     // The lines that came meanwhile go soon, in one write.
-    if (this.#length > 0) {
+    if (this.#length > 0 && !stopped.aborted) {
       this.#timer ??= setTimeout(() => this.#flush(), FLUSH_MS);
     }
   }
 
-  /** Writes some of the first chunk of the queue, and takes it off once written. */
-  async #writeFirst() {
+  /** Writes whole lines of the first chunk, and takes it off once written. */
+  async #writeSome() {
     const { bytes, lines } = this.#queue[0];
     try {
-      const next = piece(bytes, this.#offset);
-      this.#offset += await this.#output.write(next);
+      this.#offset += await this.#writer.write(wholeLines(bytes, this.#offset));
     } catch (error) {
       if (error instanceof Deno.errors.Interrupted) return;
       if (error instanceof Deno.errors.WouldBlock) {
-        return await new Promise((resolve) => setTimeout(resolve, RETRY_MS));
+        return await delay(RETRY_MS, this.#stopped.signal);
       }
-      this.#error = error instanceof Error ? error : new Error(String(error));
-      return this.#onError();
+      this.error = error instanceof Error ? error : new Error(String(error));
+      this.#room?.resolve();
+      return this.#onError(this.error);
     }
     if (this.#offset < bytes.length) return;
     this.#queue.shift();
+    this.#queued -= bytes.length;
     this.#offset = 0;
     this.#written += lines;
-    // Its buffer serves again, if it is one of ours.
-    if (bytes.buffer.byteLength === CHUNK_SIZE && this.#spare.length < CHUNKS) {
+    // Its array serves again, if it is a chunk's.
+    if (bytes.buffer.byteLength === CHUNK_SIZE) {
       this.#spare.push(new Uint8Array(bytes.buffer));
     }
     this.#room?.resolve();
@@ -351,59 +295,334 @@ export class LinePrinter {
   }
 }
 
-/** The next write of `bytes` from `start`: whole lines, at most PIECE_SIZE bytes. */
-function piece(bytes: Uint8Array, start: number): Uint8Array {
-  let end = Math.min(start + PIECE_SIZE, bytes.length);
-  if (end < bytes.length) {
-    const newline = bytes.lastIndexOf(0x0a, end - 1);
-    if (newline >= start) end = newline + 1;
+/** What to write next of `bytes` from `start`: whole lines, at most PIECE_SIZE bytes. */
+function wholeLines(bytes: Uint8Array, start: number): Uint8Array {
+  const piece = bytes.subarray(start, start + PIECE_SIZE);
+  if (start + piece.length === bytes.length) return piece;
+  // The last line end in the piece; none in a line longer than the piece.
+  const newline = piece.lastIndexOf(0x0a);
+  return newline < 0 ? piece : piece.subarray(0, newline + 1);
+}
+
+/** Resolves after `ms` milliseconds, or as soon as `signal` aborts. */
+function delay(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal?.aborted) return resolve();
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, Math.max(0, ms));
+    signal?.addEventListener("abort", done);
+  });
+}
+
+// 2. A hostile sender: a datagram is any bytes, from anyone. Printed raw, a
+// stranger's bytes could move the cursor or clear the terminal (control
+// characters), forge a line (a line break and "Message from ..."), hide text
+// (invisible characters: `ad\u200bmin` looks like `admin`) or reorder it
+// (bidirectional controls, "Trojan Source"). So a line shows printable text
+// as it is, and escapes everything else in a way that can be read back into
+// the exact bytes (see the README's "What the server shows").
+
+/**
+ * Prints each datagram as one line, `Message from <sender>: <text>`, or with
+ * `hex`, `Message from <sender> (4 bytes): ff fe 00 41`; and counts them.
+ */
+export class Printer {
+  /** Datagrams printed. */
+  datagrams = 0;
+  /** Their bytes. */
+  bytes = 0;
+  #output: Output;
+  #hex: boolean;
+  #columns: number;
+  // The last sender's prefix, `Message from 127.0.0.1:51610: `, as bytes:
+  // most datagrams come from the sender of the one before.
+  #from: Deno.NetAddr | undefined;
+  #prefix = new Uint8Array();
+  // Each line is made here, then copied to the output: no array per line.
+  #line = new Uint8Array(CHUNK_SIZE);
+
+  /**
+   * A printer to `output`. At a terminal, give its width as `columns`: a
+   * longer line would wrap, and its second half pass for a line of its own.
+   */
+  constructor(output: Output, { hex = false, columns = Infinity } = {}) {
+    this.#output = output;
+    this.#hex = hex;
+    this.#columns = columns;
   }
-  return bytes.subarray(start, end);
+
+  /** The `Handler` that prints: it returns a promise only when the output is far behind. */
+  print: Handler = (data, from) => {
+    this.datagrams++;
+    this.bytes += data.length;
+    const prefix = this.#prefixOf(from, data.length);
+    const size = prefix.length + MAX_EXPANSION * data.length + MARKER_ROOM + 1;
+    if (size > this.#line.length) this.#line = new Uint8Array(size);
+    const line = this.#line;
+    line.set(prefix);
+    const columns = this.#columns - prefix.length;
+    let end = this.#hex
+      ? hexInto(data, line, prefix.length, columns)
+      : escapeInto(data, line, prefix.length, columns);
+    line[end++] = 0x0a; // "\n"
+    const output = this.#output;
+    output.append(line.subarray(0, end));
+    // Far behind: read no more until it catches up. Meanwhile the kernel
+    // queues what arrives, then drops it, as for any slow receiver.
+    if (output.full) return output.room();
+  };
+
+  #prefixOf(from: Deno.NetAddr, length: number): Uint8Array {
+    if (this.#hex) {
+      return encoder.encode(
+        `Message from ${formatAddress(from)} (${plural(length, "byte")}): `,
+      );
+    }
+    if (
+      from.port !== this.#from?.port || from.hostname !== this.#from.hostname
+    ) {
+      this.#from = from;
+      this.#prefix = encoder.encode(`Message from ${formatAddress(from)}: `);
+    }
+    return this.#prefix;
+  }
+}
+
+/** The most output bytes one input byte can make: a byte becomes `\xNN`. */
+export const MAX_EXPANSION = 4;
+/** Room for the cut marker, ` \[+65507 bytes]`, beyond `MAX_EXPANSION` bytes per input byte. */
+export const MARKER_ROOM = 32;
+
+const BACKSLASH = 0x5c;
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+const HEX = encoder.encode("0123456789abcdef");
+// The letter of the short escapes, by byte (0: none): each still stands for
+// one byte, so they are lossless too.
+const SHORT = new Uint8Array(0x80);
+SHORT[0x09] = 0x74; // \t
+SHORT[0x0a] = 0x6e; // \n
+SHORT[0x0d] = 0x72; // \r
+SHORT[BACKSLASH] = BACKSLASH; // \\
+
+// Which characters above ASCII are escaped, in one rule rather than a list
+// that is never complete:
+// - \p{C}, "Other": controls (C1 as well as C0: a terminal obeys them),
+//   format characters (zero-width spaces and joiners, which hide inside a
+//   word; the bidirectional controls, which reorder a line), private-use and
+//   unassigned characters (which no one can know the look of);
+// - \p{Z}, separators (the plain space is ASCII, and never comes here): they
+//   look like a space and are not one, or break lines (U+2028, U+2029);
+// - Default_Ignorable_Code_Point: drawn as nothing (variation selectors,
+//   Hangul fillers, tag characters);
+// - U+FFFD itself: sent as such, it would pass for a decoding error.
+const HIDDEN = /[\p{C}\p{Z}\p{Default_Ignorable_Code_Point}\ufffd]/u;
+// A regex per character is slow, so each answer is kept, once found: 0 not
+// known yet, 1 shown, 2 escaped. Pages of the table never used take no memory.
+const verdicts = new Uint8Array(0x110000);
+
+function isHidden(codePoint: number): boolean {
+  let verdict = verdicts[codePoint];
+  if (verdict === 0) {
+    verdict = HIDDEN.test(String.fromCodePoint(codePoint)) ? 2 : 1;
+    verdicts[codePoint] = verdict;
+  }
+  return verdict === 2;
+}
+
+/**
+ * Writes the escaped form of `data` into `out` from index `at`, and returns
+ * where it ends. `out` needs `MAX_EXPANSION * data.length + MARKER_ROOM`
+ * bytes from `at`. Given `columns`, the text is cut to fit in that many
+ * terminal columns (ASCII counts 1, any other character 2, to be safe),
+ * ending with ` \[+N bytes]`, N the bytes not shown: a line wider than the
+ * terminal would wrap, and its tail would look like a line of its own.
+ */
+export function escapeInto(
+  data: Uint8Array,
+  out: Uint8Array,
+  at: number,
+  columns = Infinity,
+): number {
+  // Printable ASCII, the common case, is copied at once.
+  if (data.length <= columns && isPlain(data)) {
+    out.set(data, at);
+    return at + data.length;
+  }
+  // Where to cut if the whole does not fit: the marker must fit too.
+  const budget = columns === Infinity
+    ? Infinity
+    : columns - marker(data.length).length;
+  let o = at, width = 0, keptIn = 0, keptOut = at;
+  for (let i = 0; i < data.length;) {
+    const byte = data[i];
+    const start = o;
+    let shown = false; // a character above ASCII, as it is
+    if (byte >= 0x20 && byte < 0x7f && byte !== BACKSLASH) {
+      out[o++] = byte; // printable ASCII
+      i++;
+    } else if (byte < 0x80) {
+      o = SHORT[byte]
+        ? writeShort(out, o, SHORT[byte])
+        : writeByte(out, o, byte);
+      i++;
+    } else {
+      const codePoint = decode(data, i);
+      if (codePoint < 0) {
+        // Not UTF-8: this byte alone, then decoding resumes at the next.
+        o = writeByte(out, o, byte);
+        i++;
+      } else if (isHidden(codePoint)) {
+        o = writeCodePoint(out, o, codePoint);
+        i += utf8Length(codePoint);
+      } else {
+        // A printable character: its bytes go as they are.
+        const end = i + utf8Length(codePoint);
+        while (i < end) out[o++] = data[i++];
+        shown = true;
+      }
+    }
+    // Columns: a character above ASCII may be wide, so it counts 2; the rest
+    // is ASCII, one column a byte.
+    width += shown ? 2 : o - start;
+    // Never cut inside an escape or a character: only between them.
+    if (width > columns) return writeMarker(out, keptOut, data.length - keptIn);
+    if (width <= budget) {
+      keptIn = i;
+      keptOut = o;
+    }
+  }
+  return o;
+}
+
+/** `text` made safe to print, escaped as `escapeInto()` does: for host names and error messages. */
+export function printable(text: string): string {
+  const data = encoder.encode(text);
+  const out = new Uint8Array(MAX_EXPANSION * data.length);
+  return decoder.decode(out.subarray(0, escapeInto(data, out, 0)));
+}
+
+/**
+ * Writes `data` as hex bytes, `ff fe 00 41`, into `out` from `at`, and
+ * returns where it ends; cut to `columns` as `escapeInto()` cuts.
+ */
+export function hexInto(
+  data: Uint8Array,
+  out: Uint8Array,
+  at: number,
+  columns = Infinity,
+): number {
+  // Three columns a byte, less the last space; if the whole does not fit,
+  // as many as leave room for the marker.
+  const shown = 3 * data.length - 1 <= columns ? data.length : Math.max(
+    0,
+    Math.floor((columns - marker(data.length).length + 1) / 3),
+  );
+  let o = at;
+  for (let i = 0; i < shown; i++) {
+    if (i > 0) out[o++] = 0x20; // " "
+    out[o++] = HEX[data[i] >> 4];
+    out[o++] = HEX[data[i] & 0xf];
+  }
+  return shown < data.length ? writeMarker(out, o, data.length - shown) : o;
 }
 
 /** Whether every byte of `data` is printable ASCII other than a backslash. */
 function isPlain(data: Uint8Array): boolean {
   for (let i = 0; i < data.length; i++) {
     const byte = data[i];
-    if (byte < 0x20 || byte > 0x7e || byte === 0x5c) return false;
+    if (byte < 0x20 || byte > 0x7e || byte === BACKSLASH) return false;
   }
   return true;
 }
 
-const encoder = new TextEncoder();
-// Not fatal: bytes that are not UTF-8 become U+FFFD instead of an error. And
-// a leading byte order mark is kept, to be shown, not silently dropped.
-const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
-const ESCAPES: Record<string, string> = {
-  "\n": "\\n",
-  "\r": "\\r",
-  "\t": "\\t",
-  "\\": "\\\\",
-};
-// What must not reach a terminal or a reader of the output raw: control
-// characters (C0, DEL, C1), which move the cursor, clear or retitle a
-// terminal; U+2028 and U+2029, which some tools take for line breaks; the
-// bidirectional controls, which reorder what a terminal shows (Trojan
-// Source); the byte order mark, invisible; and the backslash, which starts
-// every escape.
-const UNSAFE =
-  /[\p{Cc}\\\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]/gu;
+// The smallest code point of a 2-, 3- and 4-byte sequence: less is an
+// overlong form, which would let one character hide behind another encoding.
+const MIN_CODE_POINT = [0, 0, 0x80, 0x800, 0x10000];
 
-/**
- * `text` made safe to print on one line: control characters are escaped as
- * `\n` or `\x1b`, line separators, bidirectional controls and U+FEFF as
- * `\u2028`, and a backslash is doubled, so that no escape can be forged.
- */
-export function printable(text: string): string {
-  return text.replace(UNSAFE, (char) => ESCAPES[char] ?? escape(char));
+/** The code point of the valid UTF-8 sequence at `data[i]`, or -1 if there is none. */
+function decode(data: Uint8Array, i: number): number {
+  const lead = data[i];
+  const length = lead >= 0xf8
+    ? 0
+    : lead >= 0xf0
+    ? 4
+    : lead >= 0xe0
+    ? 3
+    : lead >= 0xc0
+    ? 2
+    : 0; // a continuation byte cannot start a sequence
+  if (length === 0 || i + length > data.length) return -1;
+  let codePoint = lead & (0x7f >> length);
+  for (let k = 1; k < length; k++) {
+    const next = data[i + k];
+    if ((next & 0xc0) !== 0x80) return -1;
+    codePoint = (codePoint << 6) | (next & 0x3f);
+  }
+  // Overlong forms, UTF-16 surrogates and code points past U+10FFFF are not
+  // UTF-8: decoders differ on them, so they are shown as bytes.
+  if (
+    codePoint < MIN_CODE_POINT[length] || codePoint > 0x10ffff ||
+    (codePoint >= 0xd800 && codePoint <= 0xdfff)
+  ) return -1;
+  return codePoint;
 }
 
-function escape(char: string): string {
-  const code = char.charCodeAt(0);
-  const hex = code.toString(16);
-  return code < 0x100
-    ? `\\x${hex.padStart(2, "0")}`
-    : `\\u${hex.padStart(4, "0")}`;
+/** How many bytes UTF-8 takes for `codePoint` (always the shortest form). */
+function utf8Length(codePoint: number): number {
+  return codePoint < 0x80
+    ? 1
+    : codePoint < 0x800
+    ? 2
+    : codePoint < 0x10000
+    ? 3
+    : 4;
+}
+
+/** Writes `\` and `letter`. */
+function writeShort(out: Uint8Array, o: number, letter: number): number {
+  out[o] = BACKSLASH;
+  out[o + 1] = letter;
+  return o + 2;
+}
+
+/** Writes `\xNN`: one byte, whatever it is. */
+function writeByte(out: Uint8Array, o: number, byte: number): number {
+  out[o] = BACKSLASH;
+  out[o + 1] = 0x78; // x
+  out[o + 2] = HEX[byte >> 4];
+  out[o + 3] = HEX[byte & 0xf];
+  return o + 4;
+}
+
+/** Writes `\uXXXX`, or `\u{XXXXX}` above U+FFFF, as JavaScript does. */
+function writeCodePoint(out: Uint8Array, o: number, codePoint: number): number {
+  out[o++] = BACKSLASH;
+  out[o++] = 0x75; // u
+  const astral = codePoint > 0xffff;
+  if (astral) out[o++] = 0x7b; // {
+  const digits = codePoint > 0xfffff ? 6 : astral ? 5 : 4;
+  for (let shift = 4 * (digits - 1); shift >= 0; shift -= 4) {
+    out[o++] = HEX[(codePoint >> shift) & 0xf];
+  }
+  if (astral) out[o++] = 0x7d; // }
+  return o;
+}
+
+// A backslash followed by "[" is no escape of ours: no datagram can forge it.
+function marker(hidden: number): string {
+  return ` \\[+${hidden} bytes]`;
+}
+
+/** Writes the marker that ends a cut line, saying how many bytes are not shown. */
+function writeMarker(out: Uint8Array, o: number, hidden: number): number {
+  const text = marker(hidden);
+  for (let k = 0; k < text.length; k++) out[o++] = text.charCodeAt(k);
+  return o;
 }
 
 /** `127.0.0.1:6789`, or `[::1]:6789` for IPv6. */
@@ -413,95 +632,133 @@ export function formatAddress({ hostname, port }: Deno.NetAddr): string {
     : `${hostname}:${port}`;
 }
 
-// Echo and chat: replies to whoever a datagram claims to come from. UDP does
-// not check that claim: anyone who can reach the port can forge the source
-// address, and so choose where the server's replies go. The defences:
-// - Some addresses are never replied to (see `Replies.refuses()`): the
-//   server's own, which would make it answer itself for ever; port 0; and the
-//   well-known ports below 1024, where the services live that answer every
-//   datagram (echo 7, daytime 13, qotd 17, chargen 19, time 37) and those
-//   that answer with more than they get (DNS 53, NTP 123, SNMP 161).
-// - A loop with an echo service, or with another echo server, sends the same
-//   bytes back and forth: a peer that twice in a row sends back exactly what
-//   we last sent it is not answered until it sends something else.
-// - A chat relay is marked `<sender> `: a datagram that already carries such a
-//   mark comes from another chat server, and is not relayed again, which ends
-//   any loop of chat servers.
-// - Replies to any one address are rate-limited (a token bucket), and so are
-//   the relays of any one chat member: a loop that escapes the rest, or a
-//   forged flood, stays slow, and the server serves everyone else meanwhile.
+// Replies go wherever a datagram claims to come from, and UDP does not check
+// that claim: anyone who can reach the port can forge the source address, and
+// so choose where the server's replies go. Each defence below is one rule:
+// - Some addresses are never replied to (`refusal()`).
+// - Replies to one address, relays of one chat member, and chat joins are
+//   each limited in rate (`RateLimit`): a loop or a forged flood that escapes
+//   the rest stays slow, and the server serves everyone else meanwhile.
+// - A datagram that comes back faster than a person or a game would send it
+//   is our own reply, reflected: it is not answered (`EchoLoops`).
+// - A chat relay carries a mark; a datagram that has one is not relayed again.
 
-// Replies to one address: REPLY_BURST at once, REPLY_RATE a second after that.
-const REPLY_BURST = 100;
-const REPLY_RATE = 50;
-// How many times in a row a peer may send back exactly what we sent it.
-const LOOP_LIMIT = 2;
-// The peers remembered, silent longest forgotten first: forged sources have
-// no end.
-const PEERS = 4096;
+// Ports where services live that answer every datagram, some with far more
+// than they get: a forged source there would make the server attack them, or
+// them attack the server. All below 1024 (echo 7, daytime 13, qotd 17,
+// chargen 19, time 37, DNS 53, NTP 123, SNMP 161...), and these above it:
+const REFLECTOR_PORTS = new Set([
+  1434, // Microsoft SQL Server browser
+  1900, // SSDP
+  3283, // Apple Remote Desktop
+  3702, // WS-Discovery
+  5353, // mDNS
+  5683, // CoAP
+  10001, // Ubiquiti discovery
+  11211, // memcached
+  27015, // Steam (Source engine queries)
+  37810, // DHCPDiscover (video recorders)
+]);
 
-/** What the server remembers of an address it replied to. */
-interface Peer {
-  tokens: number; // replies it may have now
-  at: number; // when tokens were counted (ms)
-  sent: number; // a hash of the last datagram sent to it
-  repeats: number; // how many datagrams in a row it sent back as they went
+/** Why the server never replies to `to`, or `undefined` if it may. */
+export function refusal(
+  self: Deno.NetAddr,
+  to: Deno.NetAddr,
+): string | undefined {
+  // Bound to 0.0.0.0 or ::, every local address is its own.
+  const anywhere = self.hostname === "0.0.0.0" || self.hostname === "::";
+  if (to.port === self.port && (anywhere || to.hostname === self.hostname)) {
+    return "the server's own address"; // it would answer itself for ever
+  }
+  if (to.port < 1024 || REFLECTOR_PORTS.has(to.port)) {
+    return "a port where services answer every datagram";
+  }
 }
 
-/** Decides which replies the server sends, to keep it out of loops and floods. */
-export class Replies {
-  #self: Deno.NetAddr;
-  #peers = new Map<string, Peer>();
+/**
+ * A token bucket per key: `burst` at once, then `perSecond`. At most `keys`
+ * keys are kept, the longest unused forgotten first: forged sources have no
+ * end, and a forgotten key starts again with a full bucket.
+ */
+export class RateLimit {
+  #burst: number;
+  #perSecond: number;
+  #keys: number;
+  #buckets = new Map<string, { tokens: number; at: number }>();
 
-  /** Replies from a server that listens on `self`. */
-  constructor(self: Deno.NetAddr) {
-    this.#self = self;
+  /** `burst` at once, then `perSecond`, for each of at most `keys` keys. */
+  constructor(burst: number, perSecond: number, keys = 4096) {
+    this.#burst = burst;
+    this.#perSecond = perSecond;
+    this.#keys = keys;
   }
 
-  /** Why the server never replies to `to`, or `undefined` if it may. */
-  refuses(to: Deno.NetAddr): string | undefined {
-    const { hostname, port } = this.#self;
-    const anywhere = hostname === "0.0.0.0" || hostname === "::";
-    if (to.port === port && (anywhere || to.hostname === hostname)) {
-      return "the server's own address";
+  /** Takes one token for `key` at time `now` (ms), if it has one left. */
+  take(key: string, now: number): boolean {
+    let bucket = this.#buckets.get(key);
+    if (bucket) this.#buckets.delete(key); // to the end: used last
+    else if (this.#buckets.size >= this.#keys) {
+      this.#buckets.delete(this.#buckets.keys().next().value!);
     }
-    if (to.port < 1024) return "a well-known port";
-  }
-
-  /**
-   * Whether `data` from `from` is what we last sent it, come back again:
-   * the mark of a loop with an echo service or another echo server.
-   */
-  loops(from: Deno.NetAddr, data: Uint8Array, now: number): boolean {
-    const peer = this.#peer(from, now);
-    peer.repeats = peer.sent === hash(data) ? peer.repeats + 1 : 0;
-    return peer.repeats >= LOOP_LIMIT;
-  }
-
-  /** Whether `to` may be sent `data` now, within its rate; notes it if so. */
-  take(to: Deno.NetAddr, data: Uint8Array, now: number): boolean {
-    const peer = this.#peer(to, now);
-    peer.tokens = Math.min(
-      REPLY_BURST,
-      peer.tokens + (now - peer.at) * REPLY_RATE / 1000,
+    bucket ??= { tokens: this.#burst, at: now };
+    bucket.tokens = Math.min(
+      this.#burst,
+      bucket.tokens + (now - bucket.at) * this.#perSecond / 1000,
     );
-    peer.at = now;
-    if (peer.tokens < 1) return false;
-    peer.tokens--;
-    peer.sent = hash(data);
+    bucket.at = now;
+    this.#buckets.set(key, bucket);
+    if (bucket.tokens < 1) return false;
+    bucket.tokens--;
     return true;
   }
 
-  #peer(addr: Deno.NetAddr, now: number): Peer {
-    const key = formatAddress(addr);
-    let peer = this.#peers.get(key);
-    if (peer) this.#peers.delete(key); // to the end: heard last
-    else if (this.#peers.size >= PEERS) {
-      this.#peers.delete(this.#peers.keys().next().value!);
+  /** How many keys are kept now. */
+  get size(): number {
+    return this.#buckets.size;
+  }
+}
+
+// A loop with an echo service, or between two echo servers, sends the same
+// bytes back within a round trip: well under LOOP_MS on a LAN. A person, or a
+// game at 60 or even 100 datagrams a second, sends its next datagram later.
+const LOOP_MS = 10;
+// Each peer's recent sends are remembered, at most this many.
+const LOOP_MEMORY = 64;
+
+/**
+ * What was sent to each peer in the last LOOP_MS, to tell an echo loop from a
+ * client that repeats itself: a datagram that matches one of them is our own
+ * reply come back.
+ */
+export class EchoLoops {
+  #sent = new Map<string, { hash: number; at: number }[]>();
+
+  /** Notes that `data` was sent to `key` at time `now` (ms). */
+  sent(key: string, data: Uint8Array, now: number) {
+    const recent = this.#recent(key, now) ?? [];
+    if (recent.length >= LOOP_MEMORY) recent.shift();
+    recent.push({ hash: hash(data), at: now });
+    this.#sent.delete(key); // to the end: sent to last
+    if (this.#sent.size >= 4096) {
+      this.#sent.delete(this.#sent.keys().next().value!);
     }
-    peer ??= { tokens: REPLY_BURST, at: now, sent: -1, repeats: 0 };
-    this.#peers.set(key, peer);
-    return peer;
+    this.#sent.set(key, recent);
+  }
+
+  /** Whether `data` from `key` is what was sent to it less than LOOP_MS before `now`. */
+  cameBack(key: string, data: Uint8Array, now: number): boolean {
+    const recent = this.#recent(key, now);
+    if (!recent) return false; // the common case: no hash to compute
+    const h = hash(data);
+    return recent.some((sent) => sent.hash === h);
+  }
+
+  /** What was sent to `key` in the last LOOP_MS, if anything. */
+  #recent(key: string, now: number) {
+    const recent = this.#sent.get(key);
+    while (recent?.length && now - recent[0].at >= LOOP_MS) recent.shift();
+    if (recent?.length) return recent;
+    this.#sent.delete(key);
   }
 }
 
@@ -512,128 +769,94 @@ function hash(data: Uint8Array): number {
   return h >>> 0;
 }
 
-/** Echoes `data` to `from`, unless `replies` says not to. */
-async function echoBack(
-  conn: Deno.DatagramConn,
-  data: Uint8Array,
-  from: Deno.NetAddr,
-  replies: Replies,
-) {
-  const now = Date.now();
-  const refused = replies.refuses(from);
-  const where = formatAddress(from);
-  if (refused) {
-    return warn("refused", `warning: not replying to ${where}: ${refused}`);
-  }
-  if (replies.loops(from, data, now)) {
-    return warn(
-      "loop",
-      `warning: not replying to ${where}: it sends back what it is sent`,
-    );
-  }
-  if (!replies.take(from, data, now)) {
-    return warn(
-      "rate",
-      `warning: not replying to ${where}: more than ${REPLY_RATE} a second`,
-    );
-  }
-  await reply(conn, data, from);
-}
-
-/** Relays `data` from `from`, marked with who said it, to the chat's other members. */
-async function relay(
-  conn: Deno.DatagramConn,
-  data: Uint8Array,
-  from: Deno.NetAddr,
-  chat: ChatRoom,
-  replies: Replies,
-) {
-  const now = Date.now();
-  const refused = replies.refuses(from);
-  if (refused) {
-    return warn(
-      "refused",
-      `warning: not relaying for ${formatAddress(from)}: ${refused}`,
-    );
-  }
-  // Relayed already, by another chat server: relaying it on would loop.
-  if (isRelay(data)) return;
-  const members = chat.hear(from, now);
-  if (members.length === 0) return;
-  const mark = encoder.encode(`<${formatAddress(from)}> `);
-  const marked = new Uint8Array(mark.length + data.length);
-  marked.set(mark);
-  marked.set(data, mark.length);
-  for (const member of members) {
-    if (replies.refuses(member)) continue;
-    if (replies.take(member, marked, now)) await reply(conn, marked, member);
-    else {warn(
-        "rate",
-        `warning: not relaying to ${
-          formatAddress(member)
-        }: more than ${REPLY_RATE} a second`,
-      );}
-  }
-}
-
-/** Whether `data` begins with a relay mark, `<127.0.0.1:5> ` or `<[::1]:5> `. */
-function isRelay(data: Uint8Array): boolean {
-  if (data[0] !== 0x3c) return false; // "<"
-  return /^<(\[[\d.:a-f]+\]|[\d.]+):\d+> /.test(
-    decoder.decode(data.subarray(0, 64)),
-  );
-}
-
 /**
- * Sends `data` to `to`. A failure concerns that peer only: it is reported,
- * and serving goes on. A socket closed meanwhile (the server stops) ends it
- * quietly: the receive loop then ends.
+ * Sends `data` to `to`, and says whether it went. A failure concerns that
+ * peer only: it is reported, and serving goes on. A socket closed meanwhile
+ * (the server stops) fails quietly.
  */
-export async function reply(
+export async function sendTo(
   conn: Deno.DatagramConn,
   data: Uint8Array,
   to: Deno.NetAddr,
-): Promise<void> {
+  warn: Warn,
+): Promise<boolean> {
   try {
     await conn.send(data, to);
+    return true;
   } catch (error) {
-    if (isClosed(error)) return;
-    warn(
-      "send",
-      `warning: cannot send to ${formatAddress(to)}: ${reason(error)}`,
-    );
+    if (!isClosed(error)) {
+      warn("send", `cannot send to ${formatAddress(to)}: ${reason(error)}`);
+    }
+    return false;
   }
 }
 
-// Chat members who stay silent this long leave. The cap on members keeps
-// forged senders from growing the table without end. Each member's datagrams
-// are relayed RELAY_BURST at once, RELAY_RATE a second after that: the rest
-// are printed, not relayed.
+/** Reports a problem as a warning of a kind; see `Warnings`. */
+export type Warn = (kind: string, text: string) => void;
+
+// 3. Echo: each datagram goes back to its sender, byte for byte, as a game
+// server's reply would. Replies to one address: REPLY_BURST at once, then
+// REPLY_RATE a second.
+const REPLY_BURST = 100;
+const REPLY_RATE = 50;
+
+/** A `Handler` that sends each datagram back to its sender, unless a defence says not to. */
+export function echo(warn: Warn): Handler {
+  const rate = new RateLimit(REPLY_BURST, REPLY_RATE);
+  const loops = new EchoLoops();
+  return async (data, from, conn) => {
+    const now = performance.now();
+    const key = formatAddress(from);
+    const refused = refusal(conn.addr as Deno.NetAddr, from);
+    if (refused) return warn("refused", `not replying to ${key}: ${refused}`);
+    if (loops.cameBack(key, data, now)) {
+      return warn("loop", `not replying to ${key}: it sent back our reply`);
+    }
+    if (!rate.take(key, now)) {
+      return warn(
+        "rate",
+        `not replying to ${key}: more than ${REPLY_RATE} a second`,
+      );
+    }
+    if (await sendTo(conn, data, from, warn)) loops.sent(key, data, now);
+  };
+}
+
+// 4. Chat: each datagram goes to every other member, marked with who said it.
+// A member is an address that spoke in the last CHAT_IDLE_MINUTES; at most
+// CHAT_MAX_MEMBERS, since forged sources have no end. One datagram in makes
+// up to 49 out, each with an 18-byte mark or more: the rates below bound what
+// a flood can make the server send (50 members x 2 relays a second x 49).
 const CHAT_IDLE_MINUTES = 5;
-const CHAT_MAX_MEMBERS = 100;
-const RELAY_BURST = 40;
-const RELAY_RATE = 20;
+const CHAT_MAX_MEMBERS = 50;
+// A full chat admits a newcomer in place of the member silent longest, but
+// never of one that spoke within this long: forged joins cannot push out
+// the people talking.
+const CHAT_KEEP_MS = 60_000;
+// Each member's datagrams are relayed RELAY_BURST at once, then RELAY_RATE a
+// second; the rest are printed, not relayed. A member's budget is its own:
+// other members, real or forged, cannot use it up.
+const RELAY_BURST = 10;
+const RELAY_RATE = 2;
+// Newcomers are admitted JOIN_BURST at once, then JOIN_RATE a second: each
+// new member costs a relay to every other one, and forged ones come cheap.
+const JOIN_BURST = 10;
+const JOIN_RATE = 5;
+// A relay is marked `<127.0.0.1:51610> `; a datagram that already has such a
+// mark comes from another chat server, and relaying it on would loop.
+const RELAY_MARK = /^<(\[[\d.:a-f]+\]|[\d.]+):\d+> /;
+/** The most a UDP datagram carries over IPv4: 65,535 less the IP and UDP headers. */
+const MAX_DATAGRAM = 65_507;
 
 /**
- * The members of a chat: every address that sent a datagram lately. When the
- * table is full, a newcomer takes the place of the member silent longest, so
- * that forged joins cannot lock real members out for good.
+ * The members of a chat, and the rules for joining and relaying. Times are
+ * in milliseconds, from `performance.now()`.
  */
 export class ChatRoom {
-  /** The most members at once. */
-  readonly maxMembers: number;
-  /** How long a silent member stays, in milliseconds. */
-  readonly idleMs: number;
   // Silent longest first: Map keeps insertion order.
-  #members = new Map<string, Member>();
-
-  /** A chat of at most `maxMembers` (100), who leave after `idleMs` (5 minutes) of silence. */
-  constructor(
-    { maxMembers = CHAT_MAX_MEMBERS, idleMs = CHAT_IDLE_MINUTES * 60_000 } = {},
-  ) {
-    this.maxMembers = maxMembers;
-    this.idleMs = idleMs;
-  }
+  #members = new Map<string, { addr: Deno.NetAddr; heard: number }>();
+  #relays = new RateLimit(RELAY_BURST, RELAY_RATE, CHAT_MAX_MEMBERS);
+  #joins = new RateLimit(JOIN_BURST, JOIN_RATE, 1);
 
   /** How many members there are now. */
   get size(): number {
@@ -641,55 +864,363 @@ export class ChatRoom {
   }
 
   /**
-   * Notes that `from` spoke at time `now` (ms) and returns the members to
-   * relay its words to: all others, or none if `from` has used up its
-   * relays for now.
+   * Notes that `key` (at `from`) spoke at `now`, and returns the members to
+   * relay its words to, or why there are none.
    */
-  hear(from: Deno.NetAddr, now: number): Deno.NetAddr[] {
-    for (const [key, member] of this.#members) {
-      if (now - member.heard < this.idleMs) break;
-      this.#members.delete(key);
+  hear(key: string, from: Deno.NetAddr, now: number): Deno.NetAddr[] | string {
+    const idle = CHAT_IDLE_MINUTES * 60_000;
+    for (const [other, member] of this.#members) {
+      if (now - member.heard < idle) break;
+      this.#members.delete(other);
     }
-    const key = formatAddress(from);
-    const member = this.#members.get(key) ??
-      { addr: from, heard: now, tokens: RELAY_BURST };
+    const member = this.#members.get(key);
+    if (member) this.#members.delete(key); // to the end: heard last
+    else if (!this.#admit(now)) {
+      return "the chat is full, or joins come too fast";
+    }
+    this.#members.set(key, { addr: from, heard: now });
+    if (!this.#relays.take(key, now)) {
+      return `more than ${RELAY_RATE} relays a second`;
+    }
+    const others = [];
+    for (const [other, { addr }] of this.#members) {
+      if (other !== key) others.push(addr);
+    }
+    return others;
+  }
+
+  /** Takes `key` out of the chat: relays to it fail. */
+  leave(key: string) {
     this.#members.delete(key);
-    if (this.#members.size >= this.maxMembers) {
-      this.#members.delete(this.#members.keys().next().value!);
+  }
+
+  #admit(now: number): boolean {
+    if (this.#members.size >= CHAT_MAX_MEMBERS) {
+      const [oldest, { heard }] = this.#members.entries().next().value!;
+      if (now - heard < CHAT_KEEP_MS) return false;
+      if (!this.#joins.take("joins", now)) return false;
+      this.#members.delete(oldest);
+      return true;
     }
-    member.tokens = Math.min(
-      RELAY_BURST,
-      member.tokens + (now - member.heard) * RELAY_RATE / 1000,
-    );
-    member.heard = now;
-    this.#members.set(key, member);
-    if (member.tokens < 1) return [];
-    member.tokens--;
-    return [...this.#members.values()]
-      .filter((other) => other !== member)
-      .map((other) => other.addr);
+    return this.#joins.take("joins", now);
   }
 }
 
-/** A chat member: its address, when it last spoke, and the relays it has left. */
-interface Member {
-  addr: Deno.NetAddr;
-  heard: number;
-  tokens: number;
+/** A `Handler` that relays each datagram to the other members of `room`. */
+export function chat(room: ChatRoom, warn: Warn): Handler {
+  return async (data, from, conn) => {
+    const key = formatAddress(from);
+    const refused = refusal(conn.addr as Deno.NetAddr, from);
+    if (refused) return warn("refused", `not relaying for ${key}: ${refused}`);
+    if (RELAY_MARK.test(latin1(data.subarray(0, 64)))) return;
+    const members = room.hear(key, from, performance.now());
+    if (typeof members === "string") {
+      return warn("relay", `not relaying for ${key}: ${members}`);
+    }
+    if (members.length === 0) return;
+    const mark = encoder.encode(`<${key}> `);
+    if (mark.length + data.length > MAX_DATAGRAM) {
+      return warn(
+        "long",
+        `not relaying for ${key}: ${data.length} bytes and the ${mark.length}-byte mark are more than a datagram carries`,
+      );
+    }
+    const marked = new Uint8Array(mark.length + data.length);
+    marked.set(mark);
+    marked.set(data, mark.length);
+    // All at once, not one after another: a full chat is 49 sends.
+    await Promise.all(members.map(async (member) => {
+      const sent = await sendTo(conn, marked, member, warn);
+      if (!sent) room.leave(formatAddress(member)); // unreachable: out
+    }));
+  };
 }
 
-/** Whether `error` says that the socket was closed, which is how the loop ends. */
-function isClosed(error: unknown): boolean {
-  return error instanceof Deno.errors.BadResource ||
-    error instanceof Deno.errors.Interrupted;
+/** The first bytes of `data` as text, one character per byte: enough to test a mark. */
+function latin1(data: Uint8Array): string {
+  return String.fromCharCode(...data);
+}
+
+// 5. Numbered datagrams: what UDP did on the way. UDP promises nothing: a
+// datagram can be lost (a full queue anywhere drops it), duplicated, or
+// overtaken by a later one, and the bytes alone do not show it. So the
+// client's `--seq` numbers its datagrams, `#1 `, `#2 `, ..., and with
+// `--stats` the server counts what the numbers tell: a gap is a loss, a
+// number seen twice a duplicate, a number below one seen already came out of
+// order. (TCP numbers its bytes for the same reason, and repairs what it
+// finds.) Lost counts the gaps from the lowest number seen to the highest,
+// not from #1: a server started late cannot know what was sent before. A gap
+// that a late datagram fills is no loss: that datagram is out of order.
+
+// Each sender's last SEQUENCE_WINDOW numbers are remembered, to tell a
+// duplicate from a late arrival; one further behind counts as "too late".
+// At most MAX_SENDERS senders are followed, since forged sources have no end:
+// the one heard longest ago makes room, and its counts go to the total.
+const SEQUENCE_WINDOW = 1024;
+const MAX_SENDERS = 1024;
+// The senders named in the summary, busiest first.
+const TOP_SENDERS = 5;
+// The clock costs up to 1 us a read on Deno 2.0 (0.1 us on 2.9): it is read
+// for a sender's first CLOCK_EVERY datagrams, then for one in CLOCK_EVERY.
+const CLOCK_EVERY = 16;
+// The longest number read: 999,999,999 fits the 32 bits of `Sender.seen`.
+const MAX_DIGITS = 9;
+
+/** What a sender's datagrams, or all of them, showed. */
+export interface SequenceCounts {
+  /** Datagrams received, numbered or not. */
+  received: number;
+  /** Those without a `#<n> ` prefix. */
+  unnumbered: number;
+  /** Numbers from the lowest to the highest seen, never received. */
+  lost: number;
+  /** Numbers from the lowest to the highest seen. */
+  expected: number;
+  /** Datagrams whose number had come already. */
+  duplicated: number;
+  /** Datagrams that came after a higher number. */
+  outOfOrder: number;
+  /** Datagrams more than SEQUENCE_WINDOW numbers behind the highest. */
+  tooLate: number;
+  /** When the first datagram came, in ms, and the last that read the clock. */
+  first: number;
+  last: number;
+  /** How many had come by `last`. */
+  timed: number;
+}
+
+/**
+ * Follows the sequence numbers (`#<n> `, from the client's `--seq`) of each
+ * sender, and sums up loss, duplication, order and rate.
+ */
+export class SequenceStats {
+  // Heard longest ago first: Map keeps insertion order.
+  #senders = new Map<string, Sender>();
+  #last: { from: Deno.NetAddr; sender: Sender } | undefined;
+  // The senders that made room for others, and all their counts.
+  #forgotten = 0;
+  #forgottenCounts = newCounts(0);
+  #clock: () => number;
+
+  /** Stats that read the time, in ms, from `clock` (default: `performance.now()`). */
+  constructor(clock: () => number = () => performance.now()) {
+    this.#clock = clock;
+  }
+
+  /** The `Handler` that counts a datagram. */
+  count: Handler = (data, from) => {
+    const sender = this.#sender(from);
+    const counts = sender.counts;
+    const received = counts.received++;
+    if (received < CLOCK_EVERY || received % CLOCK_EVERY === 0) {
+      counts.last = this.#clock();
+      counts.timed = counts.received;
+      if (counts.received === 1) counts.first = counts.last;
+    }
+    const n = sequenceNumber(data);
+    if (n === 0) counts.unnumbered++;
+    else sender.see(n);
+  };
+
+  /** One line for each of the busiest senders, then one for all; none if nothing came. */
+  summary(): string[] {
+    const senders = [...this.#senders].sort(([, a], [, b]) =>
+      b.counts.received - a.counts.received
+    );
+    const total = { ...this.#forgottenCounts };
+    for (const [, { counts }] of senders) add(total, counts);
+    if (total.received === 0) return [];
+    const all = plural(senders.length + this.#forgotten, "sender");
+    return [
+      ...senders.slice(0, TOP_SENDERS).map(([key, { counts }]) =>
+        `${key}: ${describe(counts)}`
+      ),
+      `${all}: ${describe(total)}`,
+    ];
+  }
+
+  #sender(from: Deno.NetAddr): Sender {
+    // Most often, the sender of the datagram before: no key to make.
+    const last = this.#last;
+    if (last?.from.port === from.port && last.from.hostname === from.hostname) {
+      return last.sender;
+    }
+    const key = formatAddress(from);
+    let sender = this.#senders.get(key);
+    if (sender) this.#senders.delete(key); // to the end: heard last
+    else if (this.#senders.size >= MAX_SENDERS) {
+      const [oldest, { counts }] = this.#senders.entries().next().value!;
+      this.#senders.delete(oldest);
+      add(this.#forgottenCounts, counts);
+      this.#forgotten++;
+    }
+    sender ??= new Sender();
+    this.#senders.set(key, sender);
+    this.#last = { from, sender };
+    return sender;
+  }
+}
+
+/** One sender's counts, and its last SEQUENCE_WINDOW numbers. */
+class Sender {
+  counts: SequenceCounts = newCounts(0);
+  #lowest = 0;
+  #highest = 0;
+  #distinct = 0;
+  // Number n, once it came, at n % SEQUENCE_WINDOW: a ring that needs no
+  // clearing, since each slot says which number it holds.
+  #seen = new Uint32Array(SEQUENCE_WINDOW);
+
+  /** Notes that number `n` (1 or more) came. */
+  see(n: number) {
+    const counts = this.counts;
+    const slot = n % SEQUENCE_WINDOW;
+    if (n <= this.#highest - SEQUENCE_WINDOW) counts.tooLate++;
+    else if (this.#seen[slot] === n) counts.duplicated++;
+    else {
+      if (this.#highest === 0) this.#lowest = n;
+      if (n > this.#highest) this.#highest = n;
+      else {
+        counts.outOfOrder++;
+        this.#lowest = Math.min(this.#lowest, n);
+      }
+      this.#seen[slot] = n;
+      this.#distinct++;
+      counts.expected = this.#highest - this.#lowest + 1;
+      counts.lost = counts.expected - this.#distinct;
+    }
+  }
+}
+
+/**
+ * The number `n` of a datagram that starts `#<n> `, read from the bytes
+ * without making a string; 0 if it has none. The client writes n in decimal
+ * from 1, with no leading zero: any other spelling is not its prefix.
+ */
+export function sequenceNumber(data: Uint8Array): number {
+  if (data[0] !== 0x23 || data[1] === 0x30) return 0; // "#", then not "0"
+  let n = 0;
+  let i = 1;
+  for (; i <= MAX_DIGITS && data[i] >= 0x30 && data[i] <= 0x39; i++) {
+    n = n * 10 + data[i] - 0x30;
+  }
+  return i > 1 && data[i] === 0x20 ? n : 0; // digits, then " "
+}
+
+function newCounts(first: number): SequenceCounts {
+  return {
+    received: 0,
+    unnumbered: 0,
+    lost: 0,
+    expected: 0,
+    duplicated: 0,
+    outOfOrder: 0,
+    tooLate: 0,
+    first,
+    last: first,
+    timed: 0,
+  };
+}
+
+/** Adds `counts` to `total`: the numbers summed, the times widened. */
+function add(total: SequenceCounts, counts: SequenceCounts) {
+  if (total.received === 0 || counts.first < total.first) {
+    total.first = counts.first;
+  }
+  total.last = Math.max(total.last, counts.last);
+  total.timed += counts.timed;
+  total.received += counts.received;
+  total.unnumbered += counts.unnumbered;
+  total.lost += counts.lost;
+  total.expected += counts.expected;
+  total.duplicated += counts.duplicated;
+  total.outOfOrder += counts.outOfOrder;
+  total.tooLate += counts.tooLate;
+}
+
+/** `9,620 received, 380 lost (3.8%), 0 duplicated, 12 out of order, 9,950/s` */
+function describe(counts: SequenceCounts): string {
+  const parts = [`${thousands(counts.received)} received`];
+  // Without numbers (no --seq), loss and order cannot be told.
+  if (counts.expected > 0) {
+    const share = counts.lost * 100 / counts.expected;
+    const percent = counts.lost > 0 && share < 0.1 ? "<0.1" : share.toFixed(1);
+    parts.push(
+      `${thousands(counts.lost)} lost (${percent}%)`,
+      `${thousands(counts.duplicated)} duplicated`,
+      `${thousands(counts.outOfOrder)} out of order`,
+    );
+  }
+  if (counts.tooLate > 0) parts.push(`${thousands(counts.tooLate)} too late`);
+  if (counts.unnumbered > 0) {
+    parts.push(`${thousands(counts.unnumbered)} unnumbered`);
+  }
+  // A rate needs two readings of the clock, some time apart.
+  const seconds = (counts.last - counts.first) / 1000;
+  if (seconds > 0) parts.push(`${thousands((counts.timed - 1) / seconds)}/s`);
+  return parts.join(", ");
+}
+
+/** `9,620`: rounded, thousands separated, the same on every system. */
+function thousands(value: number): string {
+  return Math.round(value).toLocaleString("en-US");
+}
+
+/** A `Handler` that runs each of `handlers` on every datagram, and waits for those that return a promise. */
+export function all(...handlers: Handler[]): Handler {
+  return (data, from, conn) => {
+    let pending: Promise<void>[] | undefined;
+    for (const handler of handlers) {
+      const promise = handler(data, from, conn);
+      if (promise) (pending ??= []).push(promise);
+    }
+    if (pending) return Promise.all(pending).then(() => {});
+  };
+}
+
+// 6. The command line, which wires the parts together.
+
+/**
+ * Warnings on an `Output`, at most one line a second of each kind, with a
+ * count of those held back: a flood of failures must not become a flood of
+ * lines.
+ */
+export class Warnings {
+  /** Warnings held back and not shown since. */
+  held = 0;
+  #output: Output;
+  #kinds = new Map<string, { at: number; held: number }>();
+
+  /** Warnings printed to `output`. */
+  constructor(output: Output) {
+    this.#output = output;
+  }
+
+  /** The `Warn` function that prints warnings here. */
+  warn: Warn = (kind, text) => {
+    const now = performance.now();
+    const last = this.#kinds.get(kind) ?? { at: -Infinity, held: 0 };
+    this.#kinds.set(kind, last);
+    if (now - last.at < 1000) {
+      last.held++;
+      this.held++;
+      return;
+    }
+    const held = last.held > 0 ? ` (and ${last.held} more like it before)` : "";
+    this.#output.print(`warning: ${text}${held}`);
+    this.held -= last.held;
+    last.at = now;
+    last.held = 0;
+  };
 }
 
 /** An error's message as the end of a line: "Address already in use (os error 98)" becomes "address already in use". */
 function reason(error: unknown): string {
   const message = error instanceof Error ? error.message : String(error);
   // Deno 2.0 adds the system's words again: "... (os error 98): Address ...";
-  // parseArgs adds a long hint to "unknown option '--bogus'".
-  const text = message.replace(/ \(os error \d+\).*$|\. To specify a .*$/s, "");
+  // parseArgs adds a hint after a full stop: "unknown option '--bogus'. To
+  // specify a positional argument...".
+  const text = message.replace(/ \(os error \d+\).*$|\.\s[A-Z].*$/s, "");
   // A plain first word loses its capital; a name such as "Deno.listen" keeps it.
   const line = /^[A-Z][a-z]* /.test(text)
     ? text[0].toLowerCase() + text.slice(1)
@@ -697,55 +1228,36 @@ function reason(error: unknown): string {
   return printable(line);
 }
 
-// Warnings of each kind: when the last was printed, and how many since were not.
-const warnings = new Map<string, { at: number; held: number }>();
-
-/**
- * Prints `line` on stderr, but at most one line a second of each `kind`, with
- * a count of those held back: a flood of failures must not become a flood of
- * lines.
- */
-function warn(kind: string, line: string) {
-  const now = Date.now();
-  const last = warnings.get(kind) ?? { at: -Infinity, held: 0 };
-  warnings.set(kind, last);
-  if (now - last.at < 1000) {
-    last.held++;
-    return;
-  }
-  const held = last.held > 0 ? ` (and ${last.held} more like it before)` : "";
-  console.error(`${line}${held}`);
-  last.at = now;
-  last.held = 0;
-}
-
-/** How many warnings were held back and never shown. */
-function heldWarnings(): number {
-  let held = 0;
-  for (const kind of warnings.values()) held += kind.held;
-  return held;
-}
-
-// The command line.
-
-const USAGE = `Usage: deno task server [options]
-   or: deno run --unstable-net --no-prompt '--allow-net=127.0.0.1,[::1],localhost' server.ts [options]
+const USAGE =
+  `Usage: deno run --unstable-net --no-prompt '--allow-net=127.0.0.1,[::1],localhost' server.ts [options]
+   or, in this project's folder: deno task server [options]
 
 Prints every UDP datagram that arrives, one line each, with its sender.
 
 Options:
   -H, --hostname <host>  address to listen on (default: ${DEFAULT_HOSTNAME})
   -p, --port <port>      port to listen on, 0 for any free one (default: ${DEFAULT_PORT})
-      --echo             send every datagram back to its sender
+      --hex              show each datagram's bytes in hex, with its length
+      --stats            follow the numbers that \`client --seq\` puts first
+                         (#1, #2, ...): say what was lost, duplicated or out of
+                         order, and the rate, when stopped
+      --echo             send every datagram back to its sender (at most
+                         ${REPLY_RATE} a second to each; a datagram that comes back
+                         within ${LOOP_MS} ms of our reply is taken for that reply, reflected
+                         by an echo service, and not answered)
       --chat             relay every datagram to the other chat members: the
                          addresses that sent one in the last ${CHAT_IDLE_MINUTES} minutes
-                         (at most ${CHAT_MAX_MEMBERS} of them; ${RELAY_RATE} relays a second each)
+                         (at most ${CHAT_MAX_MEMBERS}; ${RELAY_RATE} relays a second each)
   -h, --help             show this help`;
 
 // Exit codes: 0 stopped with every line written; 1 a failure, or lines that
-// the output did not take within 1 s of the stop; 2 a usage error; 141 the
-// output's reader went away (128 + SIGPIPE, as for `yes | head`).
+// the output did not take within 0.75 s of the stop; 2 a usage error; 141
+// the output's reader went away (128 + SIGPIPE, as for `yes | head`).
 const EXIT_CLOSED = 141;
+// On a stop, stdout gets this long to take the lines still waiting, and
+// stderr a little more for the summary: the process ends within 1 s.
+const STOP_GRACE_MS = 750;
+const SUMMARY_GRACE_MS = 200;
 
 class UsageError extends Error {}
 
@@ -758,6 +1270,8 @@ function parseOptions(args: string[]) {
     options: {
       hostname: { type: "string", short: "H" },
       port: { type: "string", short: "p" },
+      hex: { type: "boolean" },
+      stats: { type: "boolean" },
       echo: { type: "boolean" },
       chat: { type: "boolean" },
       help: { type: "boolean", short: "h" },
@@ -793,19 +1307,45 @@ function canonicalHost(host: string): string {
   try {
     // The URL parser knows every spelling: LOCALHOST, 0:0:0:0:0:0:0:1, 127.1.
     const url = new URL(`http://${bare.includes(":") ? `[${bare}]` : bare}/`);
-    return url.hostname.replace(/^\[(.*)\]$/, "$1");
+    const name = url.hostname.replace(/^\[(.*)\]$/, "$1");
+    // It takes empty labels (`a..b`), which Deno then rejects.
+    if (!name.split(".").slice(0, -1).includes("")) return name;
   } catch {
-    throw new UsageError(
-      `--hostname must be a host name or an IP address, not "${host}"`,
-    );
+    // not a host
   }
+  throw new UsageError(
+    `--hostname must be a host name or an IP address, not "${host}"`,
+  );
 }
 
+/** Runs the server as the command line says, and returns the exit code. */
 async function main(args: string[]): Promise<number> {
+  // stdout failing (its reader went away) stops the server; stderr failing
+  // loses only the diagnostics.
+  const controller = new AbortController();
+  const out = new Output(Deno.stdout, () => controller.abort());
+  const err = new Output(Deno.stderr);
+  const code = await run(args, { out, err, controller });
+  // Then the last lines get a little time, but never so long as to hang.
+  await Promise.all([
+    out.finish(performance.now() + STOP_GRACE_MS),
+    err.finish(performance.now() + SUMMARY_GRACE_MS),
+  ]);
+  return code;
+}
+
+async function run(
+  args: string[],
+  { out, err, controller }: {
+    out: Output;
+    err: Output;
+    controller: AbortController;
+  },
+): Promise<number> {
   // Deno 1.x runs this file but differs in ways that matter (permissions,
   // unstable APIs): say so rather than fail in some odd way later.
   if (Number(Deno.version.deno.split(".")[0]) < 2) {
-    console.error(
+    err.print(
       `error: this needs Deno 2.0 or newer, not ${Deno.version.deno}: run deno upgrade`,
     );
     return 1;
@@ -814,79 +1354,84 @@ async function main(args: string[]): Promise<number> {
   try {
     options = parseOptions(args);
   } catch (error) {
-    console.error(`error: ${reason(error)} (see --help)`);
+    err.print(`error: ${reason(error)} (see --help)`);
     return 2;
   }
   if (options.help) {
-    console.log(USAGE);
+    out.print(USAGE);
     return 0;
   }
   // Without --unstable-net, Deno.listenDatagram is missing at run time,
   // although `deno check` finds nothing wrong.
   if (typeof Deno.listenDatagram !== "function") {
-    console.error(
+    err.print(
       "error: Deno.listenDatagram is unstable: run with --unstable-net",
     );
     return 1;
   }
-  const { hostname, port, echo } = options;
+  const { hostname, port } = options;
   // Ctrl+C may arrive twice (under `deno task`, from the terminal and again
   // from the task runner); aborting twice is harmless. The listeners go in
   // before the socket is bound, and stay until Deno.exit(): a SIGINT with no
   // listener would kill the process, summary and all.
-  const controller = new AbortController();
   const stop = () => controller.abort();
   Deno.addSignalListener("SIGINT", stop);
   if (Deno.build.os !== "windows") Deno.addSignalListener("SIGTERM", stop);
-  const chat = options.chat ? new ChatRoom() : undefined;
-  const mode = echo ? " (echo)" : chat ? " (chat)" : "";
+  const warnings = new Warnings(err);
+  const printer = new Printer(out, {
+    hex: options.hex,
+    // At a terminal, read once: a line wider than it would wrap.
+    columns: Deno.stdout.isTerminal() ? Deno.consoleSize().columns : Infinity,
+  });
+  const room = options.chat ? new ChatRoom() : undefined;
+  const stats = options.stats ? new SequenceStats() : undefined;
+  const handlers = [printer.print];
+  if (stats) handlers.push(stats.count);
+  if (options.echo) handlers.push(echo(warnings.warn));
+  if (room) handlers.push(chat(room, warnings.warn));
+  const handler = handlers.length === 1 ? printer.print : all(...handlers);
+  const mode = options.echo ? " (echo)" : room ? " (chat)" : "";
   let listening = false;
-  let summary;
+  let code = 0;
   try {
-    summary = await serve({
+    await serve({
       hostname,
       port,
-      echo,
-      chat,
       signal: controller.signal,
       onListen(addr) {
         listening = true;
-        console.error(
-          `Listening on ${formatAddress(addr)}${mode}; Ctrl+C stops`,
-        );
+        err.print(`Listening on ${formatAddress(addr)}${mode}; Ctrl+C stops`);
       },
-    });
+    }, handler);
   } catch (error) {
-    const where = printable(
-      formatAddress({ transport: "udp", hostname, port }),
-    );
-    const context = listening ? "" : `cannot listen on ${where}: `;
-    console.error(`error: ${context}${reason(error)}`);
-    return 1;
+    const where = formatAddress({ transport: "udp", hostname, port });
+    const context = listening ? "" : `cannot listen on ${printable(where)}: `;
+    err.print(`error: ${context}${reason(error)}`);
+    if (!listening) return 1;
+    code = 1;
   }
-  const { datagrams, bytes, unwritten, outputError } = summary;
-  const members = chat ? `; ${plural(chat.size, "chat member")}` : "";
-  const held = heldWarnings();
-  const hidden = held > 0 ? `; ${plural(held, "warning")} not shown` : "";
-  const received = `Received ${plural(datagrams, "datagram")}, ${
-    plural(bytes, "byte")
-  }${members}${hidden}`;
+  const unwritten = await out.finish(performance.now() + STOP_GRACE_MS);
+  const members = room ? `; ${plural(room.size, "chat member")}` : "";
+  const hidden = warnings.held + err.dropped;
+  const notShown = hidden > 0 ? `; ${plural(hidden, "warning")} not shown` : "";
+  let summary = `Received ${plural(printer.datagrams, "datagram")}, ${
+    plural(printer.bytes, "byte")
+  }${members}${notShown}`;
   const lost = `${plural(unwritten, "line")} not written`;
-  if (outputError instanceof Deno.errors.BrokenPipe) {
-    console.error(`${received}; the output was closed, ${lost}`);
-    return EXIT_CLOSED;
+  if (out.error instanceof Deno.errors.BrokenPipe) {
+    summary += `; the output was closed, ${lost}`;
+    code = EXIT_CLOSED;
+  } else if (out.error) {
+    err.print(`error: cannot write the output: ${reason(out.error)}`);
+    summary += `; ${lost}`;
+    code = 1;
+  } else if (unwritten > 0) {
+    summary += `; ${lost}: the output did not take them in time`;
+    code = 1;
   }
-  if (outputError) {
-    console.error(`error: cannot write the output: ${reason(outputError)}`);
-    console.error(`${received}; ${lost}`);
-    return 1;
-  }
-  if (unwritten > 0) {
-    console.error(`${received}; ${lost}: the output did not take them in time`);
-    return 1;
-  }
-  console.error(received);
-  return 0;
+  err.print(summary);
+  for (const line of stats?.summary() ?? []) err.print(line);
+  return code;
 }
 
 function plural(count: number, noun: string): string {
