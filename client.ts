@@ -1,34 +1,23 @@
 /**
- * A UDP client: the classic Python tutorial's `sendto`, in Deno.
- *
- * It sends "Hello, Server" (or the words given) to 127.0.0.1:6789, where
- * server.ts prints it. `--wait` then prints the reply; `--interactive` sends
- * each line of input and prints whatever comes back, which makes a chat with
- * `server.ts --chat`.
- *
- * ```sh
- * deno run --unstable-net --no-prompt '--allow-net=127.0.0.1,[::1],localhost' client.ts
- * ```
- *
- * Permissions: `--allow-net` for the server's address, and for the local
- * address the client binds to send from: the server's own address if it is a
- * loopback one, else 0.0.0.0 (or :: for IPv6); quoted, because zsh takes an
- * unquoted `[::1]` for a pattern. `--no-prompt`: a host outside the list is
- * then an error that says which flag allows it, not a question that waits for
- * an answer. `--unstable-net` because `Deno.listenDatagram` is still
- * unstable.
+ * A UDP client: the classic Python tutorial's `sendto`, in Deno. It sends
+ * "Hello, Server" to 127.0.0.1:6789; `--wait` prints the reply, `-i` chats.
+ * Run it with the server's address allowed (see the README):
+ * `deno run --unstable-net --no-prompt '--allow-net=127.0.0.1,[::1],localhost' client.ts`
  *
  * @example Send a datagram and wait for the reply
  * ```ts ignore
  * import { send } from "./client.ts";
  *
- * const reply = await send(new TextEncoder().encode("ping"), { wait: true });
+ * const { reply } = await send(new TextEncoder().encode("ping"), { wait: true });
  * console.log(new TextDecoder().decode(reply?.[0]));
  * ```
  *
  * @module
  */
 import { parseArgs } from "node:util";
+import { lookup } from "node:dns/promises";
+import { createInterface, type Interface } from "node:readline";
+import process from "node:process";
 
 /** The tutorial's server address. */
 export const DEFAULT_HOSTNAME = "127.0.0.1";
@@ -38,50 +27,50 @@ export const DEFAULT_PORT = 6789;
 export const DEFAULT_MESSAGE = "Hello, Server";
 /** How long `--wait` waits for a reply, in milliseconds. */
 export const DEFAULT_TIMEOUT = 2000;
-/** The most a UDP datagram carries over IPv4: 65,535 minus the 20-byte IP and 8-byte UDP headers. */
-export const MAX_MESSAGE = 65_507;
 
 /**
  * The tutorial's client: sends `message` to the server as one datagram,
- * `count` times. With `wait`, then waits for one datagram to come back and
- * returns it with its sender.
+ * `count` times. With `wait`, then waits for the server's reply.
  */
 export async function send(
   message: Uint8Array,
   options: SendOptions = {},
-): Promise<[Uint8Array, Deno.NetAddr] | undefined> {
-  const { count = 1, wait = false, timeout = DEFAULT_TIMEOUT } = options;
-  const server = address(options);
-  // 1. A socket to send from (see open()).
-  const conn = open(server.hostname);
-  let timer;
-  let timedOut = false;
+): Promise<SendResult> {
+  const { count = 1, rate, onSent } = options;
+  let bytes = 0;
+  const server = await resolve(options); // its address, found once
+  // 1. A socket to send from: the server replies to its address and port.
+  // Python's sendto() binds one without a word; port 0: any free port.
+  const conn = Deno.listenDatagram({
+    transport: "udp",
+    hostname: localAddress(server.address),
+    port: 0,
+  });
   try {
-    // 2. Send. UDP has no connection: every datagram names where it goes.
-    for (let i = 0; i < count; i++) await conn.send(message, server);
-    if (!wait) return undefined;
-    // 3. Receive the reply, if one comes: nothing tells us that it was lost,
-    // so we wait only so long. Closing the socket ends the receive().
-    timer = setTimeout(() => {
-      timedOut = true;
-      conn.close();
-    }, timeout);
-    const [data, from] = await conn.receive();
-    return [data, from as Deno.NetAddr];
-  } catch (error) {
-    if (!timedOut) throw error;
-    throw new Deno.errors.TimedOut(
-      `no reply from ${formatAddress(server)} within ${timeout} ms`,
-    );
+    const start = performance.now();
+    for (let i = 0; i < count; i++) {
+      if (rate) await sleepUntil(start + i * 1000 / rate); // see sleepUntil()
+      // 2. Send. UDP has no connection: every datagram names where it goes.
+      const datagram = options.seq ? numbered(i + 1, message) : message;
+      await conn.send(datagram, server);
+      bytes += datagram.length;
+      onSent?.(i + 1);
+    }
+    const seconds = (performance.now() - start) / 1000;
+    const result = { sent: count, bytes, seconds, ignored: 0 };
+    if (!options.wait) return result;
+    return await waitForReply(conn, server, options.timeout, result);
   } finally {
-    clearTimeout(timer);
     closeQuietly(conn);
   }
 }
 
+// Beyond the tutorial: what a client needs on a real network, each part
+// behind the problem it solves; the command line last.
+
 /** Where to send to. */
 export interface Server {
-  /** The server's address (default: `127.0.0.1`). */
+  /** The server's address or host name (default: `127.0.0.1`). */
   hostname?: string;
   /** The server's port (default: 6789). */
   port?: number;
@@ -91,106 +80,295 @@ export interface Server {
 export interface SendOptions extends Server {
   /** Send the message this many times (default: 1). */
   count?: number;
-  /** Then wait for one reply and return it. */
+  /** Send this many datagrams a second (default: as fast as it can). */
+  rate?: number;
+  /** Start each datagram with its number, `#1 `, `#2 `... */
+  seq?: boolean;
+  /** Then wait for the server's reply and return it. */
   wait?: boolean;
   /** How long to wait, in milliseconds (default: 2000). */
   timeout?: number;
+  /** Called after each datagram sent, with how many are sent so far. */
+  onSent?: (sent: number) => void;
 }
 
-/** How `interactive()` talks. */
-export interface InteractiveOptions extends Server {
-  /**
-   * After the end of input, go on printing what arrives until this many
-   * milliseconds pass with nothing arriving (default: 0, stop at once).
-   */
-  linger?: number;
+/** What `send()` did. */
+export interface SendResult {
+  /** How many datagrams it sent. */
+  sent: number;
+  /** How many bytes, in all. */
+  bytes: number;
+  /** How long the sending took. */
+  seconds: number;
+  /** The server's reply and its address, with `wait`. */
+  reply?: [Uint8Array, Deno.NetAddr];
+  /** How many datagrams came from others than the server, and were ignored. */
+  ignored: number;
+}
+
+/** The server, with the address its name stood for when looked up. */
+interface Peer extends Deno.NetAddr {
+  address: string;
+}
+
+// Whom to trust. Anyone can send a datagram to the client's port, and claim
+// to be anyone: a reply is a datagram from the address the client sent to,
+// and all else is ignored (and counted). So the host name is looked up once,
+// here, to know the address that a reply comes from.
+
+/**
+ * The server, and the address that its name stands for. A name is looked up
+ * as Deno's own sockets do (getaddrinfo, which reads /etc/hosts): by binding
+ * a socket to it, which works for a name of this machine (`localhost`,
+ * `ip6-localhost`) and needs no other permission than the name's. Another
+ * name is looked up with node:dns.
+ */
+async function resolve(options: Server): Promise<Peer> {
+  const { hostname = DEFAULT_HOSTNAME, port = DEFAULT_PORT } = options;
+  const server = { transport: "udp", hostname, port } as const;
+  if (isAddress(hostname)) return { ...server, address: hostname };
+  try {
+    const probe = Deno.listenDatagram({ transport: "udp", hostname, port: 0 });
+    closeQuietly(probe);
+    return { ...server, address: (probe.addr as Deno.NetAddr).hostname };
+  } catch (error) {
+    // A name of another machine: this one has no such address to bind.
+    if (!(error instanceof Deno.errors.AddrNotAvailable)) throw error;
+  }
+  // Deno 2.9 looks up with getaddrinfo; Deno 2.0 asks the name server itself,
+  // which needs its address in --allow-net (or --allow-net for all).
+  return { ...server, address: (await lookup(hostname)).address };
+}
+
+function isAddress(hostname: string): boolean {
+  return hostname.includes(":") || /^\d+\.\d+\.\d+\.\d+$/.test(hostname);
 }
 
 /**
- * A socket to send from. The server replies to the address and port a
- * datagram came from, so the client needs one too, like any sender: Python's
- * sendto() binds it without a word, Deno asks for it. Port 0 lets the system
- * pick a free port. A loopback server is talked to from loopback, so that
- * nothing beyond this machine can send to the client.
+ * The address to send from, to `address`: itself if it is loopback, so that
+ * nothing beyond this machine can send to the client, else any of the same
+ * family (a socket of one family cannot send to the other).
  */
-function open(hostname: string): Deno.DatagramConn {
-  return Deno.listenDatagram({
-    transport: "udp",
-    hostname: localAddress(hostname),
-    port: 0,
-  });
+function localAddress(address: string): string {
+  if (/^(127\.[\d.]+|::1)$/.test(address)) return address;
+  return address.includes(":") ? "::" : "0.0.0.0";
 }
 
-/** The address to send from to `hostname`: itself if it is loopback, else any. */
-function localAddress(hostname: string): string {
-  if (/^(localhost|127\.[\d.]+|::1)$/.test(hostname)) return hostname;
-  return hostname.includes(":") ? "::" : "0.0.0.0";
+/** Whether `from` is the server: its address and port. */
+function isFrom(from: Deno.NetAddr, server: Peer): boolean {
+  return from.hostname === server.address && from.port === server.port;
+}
+
+/**
+ * Waits for the first datagram from the server, up to `timeout` ms, and
+ * counts the others. Nothing tells the client that a datagram was lost, so it
+ * waits only so long: closing the socket ends the receive().
+ */
+async function waitForReply(
+  conn: Deno.DatagramConn,
+  server: Peer,
+  timeout = DEFAULT_TIMEOUT,
+  result: SendResult,
+): Promise<SendResult> {
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    conn.close();
+  }, timeout);
+  try {
+    while (true) {
+      const [data, from] = await conn.receive();
+      if (isFrom(from as Deno.NetAddr, server)) {
+        return { ...result, reply: [data, from as Deno.NetAddr] };
+      }
+      result.ignored++;
+    }
+  } catch (error) {
+    const where = formatAddress(server);
+    const ignored = result.ignored > 0 ? `; ${ignoredText(result, where)}` : "";
+    if (timedOut) {
+      throw new NoReply(
+        `no reply from ${where} within ${timeout} ms${ignored}`,
+      );
+    }
+    // Windows reports the ICMP "port unreachable" that answered the datagram
+    // as a failed receive; other systems say nothing and time out.
+    if (error instanceof Deno.errors.ConnectionReset) {
+      throw new NoReply(`no reply from ${where}: nothing is listening there`);
+    }
+    throw error;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** No reply came: the send worked, but nobody answered. */
+class NoReply extends Error {}
+
+/** "Ignored 2 datagrams not from 127.0.0.1:6789" */
+function ignoredText({ ignored }: { ignored: number }, where: string): string {
+  return `ignored ${plural(ignored, "datagram")} not from ${where}`;
+}
+
+// Pacing: a game sends at its tick rate, say 60 datagrams a second. Each
+// datagram has its time, counted from the start (`start + k / rate`), so a
+// late wake-up is made up by the next ones, and the rate does not drift.
+
+/** Sleeps until `performance.now()` reaches `time` (a monotonic clock: it does not step). */
+async function sleepUntil(time: number) {
+  const wait = time - performance.now();
+  if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+}
+
+/** `#7 ` and then `message`: a receiver sees what was lost or reordered. */
+function numbered(n: number, message: Uint8Array): Uint8Array {
+  const mark = encoder.encode(`#${n} `);
+  const datagram = new Uint8Array(mark.length + message.length);
+  datagram.set(mark);
+  datagram.set(message, mark.length);
+  return datagram;
+}
+
+// Size: a UDP datagram carries at most 65,507 bytes over IPv4 (65,535 less
+// the 20-byte IP and 8-byte UDP headers). IPv6 would allow 65,527, but the
+// client takes the same limit for both. macOS sends only 9,216 by default
+// (its sysctl net.inet.udp.maxdgram), so there the client refuses more
+// before sending, with a line that says what to change.
+
+/** The most a UDP datagram carries over IPv4: 65,535 minus the 20-byte IP and 8-byte UDP headers. */
+export const MAX_MESSAGE = 65_507;
+const MACOS_MAX = 9216;
+const IS_MACOS = Deno.build.os === "darwin";
+
+/** Why `length` bytes cannot go in one datagram, or undefined if they can. */
+function tooLong(length: number): string | undefined {
+  if (length > MAX_MESSAGE) {
+    return `${length} bytes, more than the ${MAX_MESSAGE} a UDP datagram can carry`;
+  }
+  if (IS_MACOS && length > MACOS_MAX) return `${length} bytes, ${MACOS_TEXT}`;
+}
+
+const MACOS_TEXT =
+  `more than the ${MACOS_MAX} macOS sends by default: raise it with sudo sysctl -w net.inet.udp.maxdgram=65535`;
+
+/** Whether `error` is EMSGSIZE, the system's "message too long". */
+function isMessageTooLong(error: unknown): boolean {
+  const errno =
+    { darwin: 40, linux: 90, windows: 10040 }[Deno.build.os as string];
+  return error instanceof Error &&
+    error.message.includes(`(os error ${errno})`);
 }
 
 // Interactive: lines of input out, datagrams in, both at once.
 
+/** How `interactive()` talks. */
+export interface InteractiveOptions extends Server {
+  /**
+   * After the end of input, go on printing what the server sends until this
+   * many milliseconds pass without any, and 5 times as long at most
+   * (default: 0, stop at once).
+   */
+  linger?: number;
+  /** Print what arrives as bytes in hexadecimal. */
+  hex?: boolean;
+  /** Prints one line (default: to stdout). */
+  print?: (text: string) => void | Promise<void>;
+}
+
 /**
- * Sends each line of `input` as one datagram, and prints every datagram that
- * arrives meanwhile, until `input` ends (and then `linger` ms of quiet).
+ * Sends each line of `lines` as one datagram (a number is the length of a
+ * line too long to send), and prints every datagram that the server sends
+ * meanwhile, until the lines end (and then `linger`). Returns how many
+ * datagrams from others it ignored.
  */
 export async function interactive(
-  input: ReadableStream<Uint8Array>,
+  lines: AsyncIterable<Uint8Array | number>,
   options: InteractiveOptions = {},
-): Promise<void> {
-  const server = address(options);
-  const conn = open(server.hostname);
-  const reader = input.getReader();
-  let quiet: ReturnType<typeof setTimeout> | undefined;
-  let ended = false;
-  // Every datagram restarts the quiet period, once the input has ended.
-  const heard = () => {
-    clearTimeout(quiet);
-    if (ended) quiet = setTimeout(() => closeQuietly(conn), options.linger);
-  };
-  // If printing fails (the output was closed), the input is not read on.
-  const printing = printEach(conn, heard).catch((error) => {
-    closeQuietly(conn);
-    reader.cancel();
-    throw error;
+): Promise<{ ignored: number }> {
+  const { linger = 0, print = printLine } = options;
+  const server = await resolve(options);
+  const conn = Deno.listenDatagram({
+    transport: "udp",
+    hostname: localAddress(server.address),
+    port: 0,
   });
+  const stop = () => closeQuietly(conn);
+  let quiet: ReturnType<typeof setTimeout> | undefined;
+  let cutOff: ReturnType<typeof setTimeout> | undefined;
+  let ended = false;
+  const counts = { ignored: 0 };
+  // Only the server's datagrams are printed, and restart the quiet period
+  // once the input has ended: another sender cannot keep the client going.
+  const printing = receiveEach(conn, server, counts, async (data, from) => {
+    clearTimeout(quiet);
+    if (ended) quiet = setTimeout(stop, linger);
+    await print(formatMessage(data, from, options));
+  });
+  // If printing fails (the output was closed), the input is not read on.
+  const failure = printing.then(() => new Promise<never>(() => {}));
+  failure.catch(() => {}); // raced below
+  const iterator = lines[Symbol.asyncIterator]();
   let sent = false;
   try {
-    let number = 0;
-    for await (const line of readLines(reader)) {
-      number++;
-      if (typeof line === "number") {
-        console.error(`error: line ${number} is ${tooLong(line)}; not sent`);
-        continue;
-      }
-      await conn.send(line, server);
+    for (let number = 1;; number++) {
+      const next = await Promise.race([iterator.next(), failure]);
+      if (next.done) break;
+      const line = next.value;
+      const problem = tooLong(typeof line === "number" ? line : line.length);
+      if (problem) {
+        console.error(`error: line ${number} is ${problem}; not sent`);
+      } else if (typeof line !== "number") await conn.send(line, server);
     }
     sent = true;
   } finally {
     ended = true;
-    if (sent && options.linger) heard();
-    else closeQuietly(conn);
-    await printing.finally(() => clearTimeout(quiet));
+    if (sent && linger > 0) {
+      quiet = setTimeout(stop, linger);
+      // However long the server keeps talking.
+      cutOff = setTimeout(stop, 5 * linger);
+    } else stop();
+    await printing.finally(() => {
+      clearTimeout(quiet);
+      clearTimeout(cutOff);
+    });
   }
+  return counts;
 }
 
-/** Prints every datagram that arrives on `conn`, until it is closed. */
-async function printEach(conn: Deno.DatagramConn, heard: () => void) {
-  // A client receives little: the plain loop with a fresh buffer for each
-  // datagram is fine here (server.ts shows why a busy server reuses one).
+/**
+ * Hands every datagram from the server on `conn` to `handle`, until the
+ * socket is closed; counts the others.
+ */
+async function receiveEach(
+  conn: Deno.DatagramConn,
+  server: Peer,
+  counts: { ignored: number },
+  handle: (data: Uint8Array, from: Deno.NetAddr) => Promise<void>,
+) {
+  // A client receives little: a fresh buffer for each datagram is fine here.
+  let errors = 0;
   while (true) {
     let data, from;
     try {
       [data, from] = await conn.receive();
+      errors = 0;
     } catch (error) {
       if (error instanceof Deno.errors.BadResource) return;
       if (error instanceof Deno.errors.Interrupted) return;
-      // Such as Windows' ConnectionReset after a datagram went to a closed
-      // port: it concerns that datagram, not the ones to come.
-      console.error(`warning: ${reason(error)}`);
+      // Windows' ConnectionReset after a datagram went to a closed port
+      // concerns that datagram, not the ones to come. But an error that
+      // lasts would loop for ever: 10 in a row end the client.
+      if (!(error instanceof Deno.errors.ConnectionReset) || ++errors > 10) {
+        throw error;
+      }
+      console.error(
+        `warning: nothing is listening at ${formatAddress(server)}`,
+      );
       continue;
     }
-    heard();
-    await printLine(line(data, from as Deno.NetAddr));
+    if (isFrom(from as Deno.NetAddr, server)) {
+      await handle(data, from as Deno.NetAddr);
+    } else counts.ignored++;
   }
 }
 
@@ -203,7 +381,7 @@ async function printEach(conn: Deno.DatagramConn, heard: () => void) {
 export async function* readLines(
   reader: ReadableStreamDefaultReader<Uint8Array>,
 ): AsyncGenerator<Uint8Array | number> {
-  const line = new Uint8Array(MAX_MESSAGE + 1); // and a "\r" to strip
+  const buffer = new Uint8Array(MAX_MESSAGE + 1); // and a "\r" to strip
   let length = 0;
   let pending = false; // a line has begun
   while (true) {
@@ -213,27 +391,47 @@ export async function* readLines(
     while (start < chunk.length) {
       const newline = chunk.indexOf(0x0a, start);
       const end = newline === -1 ? chunk.length : newline;
-      if (length + end - start <= line.length) {
-        line.set(chunk.subarray(start, end), length);
+      if (length + end - start <= buffer.length) {
+        buffer.set(chunk.subarray(start, end), length);
       }
       length += end - start;
       pending = true;
       start = end + 1;
       if (newline === -1) break;
-      yield whole(line, length);
+      yield completeLine(buffer, length);
       length = 0;
       pending = false;
     }
   }
-  if (pending) yield whole(line, length);
+  if (pending) yield completeLine(buffer, length);
 }
 
-/** The line of `length` bytes in `line`, less a final `\r`; or its length, if too long. */
-function whole(line: Uint8Array, length: number): Uint8Array | number {
-  if (length > 0 && length <= line.length && line[length - 1] === 0x0d) {
+/** The line of `length` bytes in `buffer`, less a final `\r`; or its length, if too long. */
+function completeLine(buffer: Uint8Array, length: number): Uint8Array | number {
+  if (length > 0 && length <= buffer.length && buffer[length - 1] === 0x0d) {
     length--;
   }
-  return length > MAX_MESSAGE ? length : line.slice(0, length);
+  return length > MAX_MESSAGE ? length : buffer.slice(0, length);
+}
+
+// At a terminal: what arrives must not split what is being typed. Node's
+// readline keeps the typed line apart: the incoming line is printed above
+// it, and the prompt and the typed text are drawn again below.
+
+/** The lines typed at the terminal, with readline's line editing. */
+async function* typedLines(rl: Interface): AsyncGenerator<Uint8Array> {
+  for await (const text of rl) {
+    yield encoder.encode(text);
+    rl.prompt();
+  }
+}
+
+/** Prints `text` above the line being typed, and redraws that line. */
+function printAbove(rl: Interface, text: string) {
+  // Back to the line's start, clear it, print; then the prompt and the
+  // typed text again, the cursor where it was.
+  process.stdout.write(`\r\x1b[K${text}\n`);
+  rl.prompt(true);
 }
 
 // Printing: what arrives is a stranger's bytes, made safe to print, and
@@ -245,10 +443,21 @@ const encoder = new TextEncoder();
 // a leading byte order mark is kept, to be shown, not silently dropped.
 const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
 
-/** A datagram as one line that is safe to print, its sender first. */
-function line(data: Uint8Array, from: Deno.NetAddr): string {
-  const text = printable(decoder.decode(data));
-  return `Message from ${formatAddress(from)}: ${text}`;
+/**
+ * A datagram as one line that is safe to print, its sender first; with
+ * `hex`, its bytes in hexadecimal: `ff fe 00 41`.
+ */
+function formatMessage(
+  data: Uint8Array,
+  from: Deno.NetAddr,
+  options: { hex?: boolean } = {},
+): string {
+  const where = `Message from ${formatAddress(from)}`;
+  if (!options.hex) return `${where}: ${printable(decoder.decode(data))}`;
+  const bytes = Array.from(data, (byte) => byte.toString(16).padStart(2, "0"));
+  return `${where} (${plural(data.length, "byte")}):${
+    bytes.length > 0 ? " " : ""
+  }${bytes.join(" ")}`;
 }
 
 /**
@@ -307,11 +516,6 @@ function bracketed(hostname: string): string {
   return hostname.includes(":") ? `[${hostname}]` : hostname;
 }
 
-function address(server: Server): Deno.NetAddr {
-  const { hostname = DEFAULT_HOSTNAME, port = DEFAULT_PORT } = server;
-  return { transport: "udp", hostname, port };
-}
-
 /** Closes `conn` unless it is closed already. */
 function closeQuietly(conn: Deno.DatagramConn) {
   try {
@@ -328,27 +532,39 @@ function article(count: number): string {
   return /^(8|11|18)$/.test(lead) || lead.startsWith("8") ? "an" : "a";
 }
 
-function tooLong(length: number): string {
-  return `${length} bytes, more than the ${MAX_MESSAGE} a UDP datagram can carry`;
+/** "1 datagram", "7,800 bytes". */
+function plural(count: number, noun: string): string {
+  return `${count.toLocaleString("en-US")} ${noun}${count === 1 ? "" : "s"}`;
 }
 
 /** An error's message as the end of a line: "Address already in use (os error 98)" becomes "address already in use". */
 function reason(error: unknown): string {
   const message = error instanceof Error ? error.message : String(error);
-  // Deno 2.0 adds the system's words again: "... (os error 98): Address ...";
-  // parseArgs adds a long hint to "unknown option '--bogus'".
-  const text = message.replace(/ \(os error \d+\).*$|\. To specify a .*$/s, "");
-  // A plain first word loses its capital; a name such as "Deno.listen" keeps it.
-  const line = /^[A-Z][a-z]* /.test(text)
+  // Deno 2.0 adds the system's words again: "... (os error 98): Address ...".
+  // parseArgs adds hints on more lines: keep the first, and the last, which
+  // says what to do.
+  const lines = message.replace(/ \(os error \d+\).*$/s, "").split("\n");
+  let text = lines.length > 1
+    ? `${lines[0].replace(/\.$/, "")}: ${lowerFirst(lines.at(-1)!)}`
+    : lines[0];
+  text = text.replace(/\.$| To specify a .*$/, "");
+  // Deno 2.0 repeats some messages: "x: x".
+  text = text.replace(/^(.+): \1$/, "$1");
+  return printable(lowerFirst(text));
+}
+
+/** A plain first word loses its capital; a name such as "Deno.listen" keeps it. */
+function lowerFirst(text: string): string {
+  return /^[A-Z][a-z]* /.test(text)
     ? text[0].toLowerCase() + text.slice(1)
     : text;
-  return printable(line);
 }
 
 // The command line.
 
-const USAGE = `Usage: deno task client [options] [message...]
-   or: deno run --unstable-net --no-prompt '--allow-net=127.0.0.1,[::1],localhost' client.ts [options] [message...]
+const USAGE =
+  `Usage: deno run --unstable-net --no-prompt '--allow-net=127.0.0.1,[::1],localhost' client.ts [options] [message...]
+   or, in this project (deno.json gives those flags): deno task client [options] [message...]
 
 Sends the message (default: "${DEFAULT_MESSAGE}") as one UDP datagram.
 
@@ -356,17 +572,24 @@ Options:
   -H, --hostname <host>  server to send to (default: ${DEFAULT_HOSTNAME})
   -p, --port <port>      its port (default: ${DEFAULT_PORT})
   -c, --count <n>        send the message n times (default: 1)
-  -w, --wait             then wait for one reply and print it
+  -r, --rate <n>         send n datagrams a second (default: as fast as it can)
+  -s, --seq              start each datagram with its number: "#1 ", "#2 "...
+  -w, --wait             then wait for the server's reply and print it
   -t, --timeout <ms>     how long --wait waits, and how long -i goes on
-                         printing after piped input ends (default: ${DEFAULT_TIMEOUT})
+                         printing after piped input ends (default: ${DEFAULT_TIMEOUT};
+                         5 times as long at most, if the server keeps talking)
   -i, --interactive      send each line of input, print every datagram that
-                         arrives, until the end of input (Ctrl+D)
+                         the server sends, until the end of input (Ctrl+D)
+  -x, --hex              print what arrives as bytes in hexadecimal
   -h, --help             show this help
 
-Words after -- are the message, even if they start with a dash.`;
+Only the server's datagrams are taken: those from other addresses are
+counted, and ignored. Words after -- are the message, even if they start with
+a dash.`;
 
 // Exit codes: 0 sent (and, with --wait, a reply printed); 1 a failure; 2 a
-// usage error; 141 the output's reader went away (128 + SIGPIPE).
+// usage error; 130 Ctrl+C; 141 the output's reader went away (128 + SIGPIPE).
+const EXIT_INTERRUPTED = 130;
 const EXIT_CLOSED = 141;
 
 class UsageError extends Error {}
@@ -385,7 +608,10 @@ function canonicalHost(host: string): string {
   try {
     // The URL parser knows every spelling: LOCALHOST, 0:0:0:0:0:0:0:1, 127.1.
     const url = new URL(`http://${bare.includes(":") ? `[${bare}]` : bare}/`);
-    return url.hostname.replace(/^\[(.*)\]$/, "$1");
+    const canonical = url.hostname.replace(/^\[(.*)\]$/, "$1");
+    // Deno's own check is stricter (no empty label, as in "a..b").
+    Deno.permissions.querySync({ name: "net", host: bracketed(canonical) });
+    return canonical;
   } catch {
     throw new UsageError(
       `--hostname must be a host name or an IP address, not "${host}"`,
@@ -410,9 +636,12 @@ function parseOptions(args: string[]) {
       hostname: { type: "string", short: "H" },
       port: { type: "string", short: "p" },
       count: { type: "string", short: "c" },
+      rate: { type: "string", short: "r" },
+      seq: { type: "boolean", short: "s" },
       wait: { type: "boolean", short: "w" },
       timeout: { type: "string", short: "t" },
       interactive: { type: "boolean", short: "i" },
+      hex: { type: "boolean", short: "x" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -422,6 +651,7 @@ function parseOptions(args: string[]) {
     hostname = DEFAULT_HOSTNAME,
     port = String(DEFAULT_PORT),
     count,
+    rate,
     timeout = String(DEFAULT_TIMEOUT),
   } = values;
   // `deno task client -- words` passes the `--` on, as a word.
@@ -430,27 +660,71 @@ function parseOptions(args: string[]) {
     ? positionals.join(" ")
     : DEFAULT_MESSAGE;
   const message = encoder.encode(words);
-  if (message.length > MAX_MESSAGE) {
-    throw new UsageError(`message is ${tooLong(message.length)}`);
+  const times = integer("--count", count ?? "1", 1, Infinity);
+  // The longest datagram: the message and the largest number's mark.
+  const longest = message.length + (values.seq ? `#${times} `.length : 0);
+  if (longest > MAX_MESSAGE) {
+    throw new UsageError(`message is ${tooLong(longest)}`);
   }
   if (
     values.interactive &&
-    (positionals.length > 0 || values.wait || count !== undefined)
+    (positionals.length > 0 || values.wait || count !== undefined ||
+      rate !== undefined || values.seq)
   ) {
     throw new UsageError(
-      "--interactive sends the lines of its input: give it no message, --count or --wait",
+      "--interactive sends the lines of its input: give it no message, --count, --rate, --seq or --wait",
     );
   }
   return {
     ...values,
-    typed: hostname,
     hostname: canonicalHost(hostname),
+    typedHostname: hostname,
     message,
+    longest,
     port: integer("--port", port, 1, 65_535),
-    count: integer("--count", count ?? "1", 1, Infinity),
+    count: times,
+    rate: rate === undefined ? undefined : integer("--rate", rate, 1, 1e6),
     // The longest delay setTimeout() takes.
     timeout: integer("--timeout", timeout, 1, 2 ** 31 - 1),
   };
+}
+
+/**
+ * Progress of a long send, on one line of a terminal, redrawn in place at
+ * most 4 times a second; nothing when stderr is a pipe or a file.
+ */
+function progress(count: number): ((sent: number) => void) | undefined {
+  if (count < 2 || !Deno.stderr.isTerminal()) return undefined;
+  let shown = performance.now();
+  return (sent) => {
+    const now = performance.now();
+    if (now - shown < 250) return;
+    shown = now;
+    Deno.stderr.writeSync(encoder.encode(`\rSent ${sent} of ${count}`));
+  };
+}
+
+/** "Sent 600 datagrams, 7,800 bytes in 10.0 s: 60/s" */
+function summary(sent: number, bytes: number, seconds: number): string {
+  const time = seconds.toFixed(seconds < 1 ? 3 : 1);
+  const rate = seconds > 0
+    ? `: ${Math.round(sent / seconds).toLocaleString("en-US")}/s`
+    : "";
+  return `Sent ${plural(sent, "datagram")}, ${
+    plural(bytes, "byte")
+  } in ${time} s${rate}`;
+}
+
+/** Deno's "Requires net access to "[::1]:6789"" as the flag that allows it. */
+function allowFlag(server: string, error: Error): string {
+  const [, denied = ""] = error.message.match(/access to "(.*):\d+"/) ?? [];
+  const hosts = [...new Set([bracketed(server), denied].filter(Boolean))].join(
+    ",",
+  );
+  // Quoted for zsh, which takes an unquoted `[::1]` for a pattern.
+  return hosts.includes("[")
+    ? `'--allow-net=${hosts}'`
+    : `--allow-net=${hosts}`;
 }
 
 async function main(args: string[]): Promise<number> {
@@ -481,49 +755,102 @@ async function main(args: string[]): Promise<number> {
     );
     return 1;
   }
-  const { message, count, hostname, port, timeout } = options;
-  const server = formatAddress({ transport: "udp", hostname, port });
-  const where = printable(server);
-  // Ask first, to name the host as it was typed, and the flag that allows it
-  // (IPv6 in brackets, as --allow-net takes it, and then quoted for zsh).
-  const local = bracketed(localAddress(hostname));
-  const denied = [server, local].some((host) =>
-    Deno.permissions.querySync({ name: "net", host }).state !== "granted"
-  );
-  if (denied) {
-    const hosts = [...new Set([bracketed(hostname), local])].join(",");
-    const flag = hosts.includes("[")
-      ? `'--allow-net=${hosts}'`
-      : `--allow-net=${hosts}`;
-    console.error(
-      `error: not allowed to send to ${
-        printable(options.typed)
-      }: run client.ts with ${printable(flag)}`,
-    );
-    return 1;
-  }
+  const { message, count, hostname, port, hex } = options;
+  const where = printable(formatAddress({ transport: "udp", hostname, port }));
   try {
     if (options.interactive) {
-      console.error(`Sending each line to ${where}; Ctrl+D ends`);
-      // From a pipe or a file, the replies come after the last line is sent.
-      const linger = Deno.stdin.isTerminal() ? 0 : timeout;
-      await interactive(Deno.stdin.readable, { hostname, port, linger });
-      return 0;
+      return await chat(options, where);
     }
+    const problem = tooLong(options.longest);
+    if (problem) throw new Error(`message is ${problem}`);
     const times = count > 1 ? `, ${count} times` : "";
     const size = `${article(message.length)} ${message.length}-byte`;
     console.error(`Sending ${size} datagram to ${where}${times}`);
-    const reply = await send(message, options);
-    if (reply) await printLine(line(...reply));
+    const onSent = progress(count);
+    const result = await send(message, { ...options, onSent });
+    if (onSent) Deno.stderr.writeSync(encoder.encode("\r\x1b[K"));
+    if (count > 1 || options.rate) {
+      console.error(summary(result.sent, result.bytes, result.seconds));
+    }
+    if (result.reply) await printLine(formatMessage(...result.reply, { hex }));
+    if (result.ignored > 0) {
+      const text = ignoredText(result, where);
+      console.error(text[0].toUpperCase() + text.slice(1));
+    }
     return 0;
   } catch (error) {
     if (error instanceof Deno.errors.BrokenPipe) return EXIT_CLOSED;
-    const context = error instanceof Deno.errors.TimedOut
-      ? ""
-      : `cannot send to ${where}: `;
-    console.error(`error: ${context}${reason(error)}`);
+    if (error instanceof NoReply) {
+      console.error(`error: ${error.message}`);
+      return 1;
+    }
+    if (error instanceof Deno.errors.NotCapable) {
+      const typed = printable(options.typedHostname);
+      const flag = printable(allowFlag(hostname, error));
+      console.error(
+        `error: not allowed to send to ${typed}: run client.ts with ${flag}`,
+      );
+      return 1;
+    }
+    const text = isMessageTooLong(error)
+      ? `the message is too long for this system${
+        IS_MACOS ? ` (${MACOS_TEXT})` : ""
+      }`
+      : reason(error);
+    console.error(`error: cannot send to ${where}: ${text}`);
     return 1;
   }
+}
+
+/** `--interactive`: from a terminal with readline, else from the pipe or file as it is. */
+async function chat(
+  options: ReturnType<typeof parseOptions>,
+  where: string,
+): Promise<number> {
+  const { hostname, port, hex, timeout } = options;
+  console.error(`Sending each line to ${where}; Ctrl+D ends`);
+  const server = { hostname, port };
+  let result;
+  if (Deno.stdin.isTerminal()) {
+    const rl = createInterface({
+      input: process.stdin,
+      output: process.stdout,
+      prompt: "> ",
+    });
+    let interrupted = false;
+    rl.on("SIGINT", () => {
+      interrupted = true;
+      rl.close();
+    });
+    rl.prompt();
+    try {
+      result = await interactive(typedLines(rl), {
+        ...server,
+        hex,
+        print: (text) => printAbove(rl, text),
+      });
+    } finally {
+      rl.close();
+    }
+    if (interrupted) return EXIT_INTERRUPTED;
+  } else {
+    // From a pipe or a file, the replies come after the last line is sent.
+    const reader = Deno.stdin.readable.getReader();
+    try {
+      result = await interactive(readLines(reader), {
+        ...server,
+        hex,
+        linger: timeout,
+      });
+    } finally {
+      reader.cancel().catch(() => {});
+    }
+  }
+  if (result.ignored > 0) {
+    const text = ignoredText(result, where);
+    console.error(text[0].toUpperCase() + text.slice(1));
+  }
+  return 0;
 }
 
 if (import.meta.main) {
