@@ -526,34 +526,99 @@ test("LinePrinter is full at 16 chunks waiting, and has room once one is written
   assert.equal(output.lines.length, 33);
 });
 
-test("send() sends the message count times", async () => {
-  const server = await start();
-  try {
-    await send(encoder.encode("again"), { port: server.port, count: 5 });
-    const lines = await server.output.waitForLines(5);
-    assert.equal(lines.filter((line) => line.endsWith(": again")).length, 5);
-  } finally {
-    assert.equal((await server.stop()).datagrams, 5);
+// The client's tests use a plain socket in the server's place: they test
+// the client alone, and a second socket can send as a stranger.
+
+/** A plain UDP socket in the server's place: it keeps what arrives and, with `echo`, sends it back. */
+class FakeServer implements AsyncDisposable {
+  readonly conn: Deno.DatagramConn;
+  readonly texts: string[] = [];
+  #arrived = Promise.withResolvers<void>();
+  #loop: Promise<void>;
+
+  constructor({ hostname = "127.0.0.1", echo = true } = {}) {
+    this.conn = listen(hostname);
+    this.#loop = this.#serve(echo);
   }
+
+  get port(): number {
+    return (this.conn.addr as Deno.NetAddr).port;
+  }
+
+  get hostname(): string {
+    return (this.conn.addr as Deno.NetAddr).hostname;
+  }
+
+  async #serve(echo: boolean) {
+    try {
+      while (true) {
+        const [data, from] = await this.conn.receive();
+        this.texts.push(decoder.decode(data));
+        this.#arrived.resolve();
+        this.#arrived = Promise.withResolvers();
+        if (echo) await this.conn.send(data, from);
+      }
+    } catch {
+      // closed
+    }
+  }
+
+  /** Waits until `count` datagrams have arrived. */
+  waitFor(count: number): Promise<string[]> {
+    return within(`${count} datagrams`, this.#waitFor(count));
+  }
+
+  async #waitFor(count: number): Promise<string[]> {
+    while (this.texts.length < count) await this.#arrived.promise;
+    return this.texts;
+  }
+
+  async [Symbol.asyncDispose]() {
+    this.conn.close();
+    await this.#loop;
+  }
+}
+
+test("send() sends the message count times", async () => {
+  await using server = new FakeServer({ echo: false });
+  const result = await send(encoder.encode("again"), {
+    port: server.port,
+    count: 5,
+  });
+  assert.equal(result.sent, 5);
+  assert.equal(result.bytes, 25);
+  assert.deepEqual(await server.waitFor(5), Array(5).fill("again"));
 });
 
 test("send() with wait returns the reply and who sent it", async () => {
-  const server = await start({ echo: true });
+  await using server = new FakeServer();
+  const { reply, ignored } = await send(encoder.encode("ping"), {
+    port: server.port,
+    wait: true,
+  });
+  assert.ok(reply);
+  const [data, from] = reply;
+  assert.equal(decoder.decode(data), "ping");
+  assert.deepEqual({ ...from }, udp("127.0.0.1", server.port));
+  assert.equal(ignored, 0);
+});
+
+test("send() with wait takes the server's reply, not a stranger's datagram that comes first", async () => {
+  const server = listen();
+  const stranger = listen();
   try {
-    const reply = await send(encoder.encode("ping"), {
-      port: server.port,
-      wait: true,
-    });
-    assert.ok(reply);
-    const [data, from] = reply;
-    assert.equal(decoder.decode(data), "ping");
-    assert.deepEqual({ ...from }, {
-      transport: "udp",
-      hostname: "127.0.0.1",
-      port: server.port,
-    });
+    const port = (server.addr as Deno.NetAddr).port;
+    const sending = send(encoder.encode("ping"), { port, wait: true });
+    const [, client] = await receive(server);
+    await stranger.send(encoder.encode("I am the server"), client);
+    await stranger.send(encoder.encode("believe me"), client);
+    await server.send(encoder.encode("pong"), client);
+    const { reply, ignored } = await within("the reply", sending);
+    assert.equal(decoder.decode(reply?.[0]), "pong");
+    assert.equal(ignored, 2);
   } finally {
-    await server.stop();
+    server.close();
+    stranger.close();
   }
 });
 
@@ -563,7 +628,7 @@ test("send() with wait gives up after the timeout", async () => {
   try {
     await assert.rejects(
       send(encoder.encode("anyone?"), { port, wait: true, timeout: 50 }),
-      new Deno.errors.TimedOut(`no reply from 127.0.0.1:${port} within 50 ms`),
+      { message: `no reply from 127.0.0.1:${port} within 50 ms` },
     );
     assert.equal(await receiveText(silent), "anyone?");
   } finally {
@@ -571,25 +636,48 @@ test("send() with wait gives up after the timeout", async () => {
   }
 });
 
-test("serve() and send() work over IPv6 and by host name", async () => {
+test("send() works over IPv6 and by host name", async () => {
   for (const hostname of ["::1", "localhost"]) {
-    const server = await start({ echo: true, hostname });
-    try {
-      const reply = await send(encoder.encode("hi"), {
-        hostname,
-        port: server.port,
-        wait: true,
-      });
-      assert.equal(decoder.decode(reply?.[0]), "hi");
-      const [line] = await server.output.waitForLines(1);
-      const sender = server.addr.hostname === "::1"
-        ? "\\[::1\\]"
-        : "127\\.0\\.0\\.1";
-      assert.match(line, new RegExp(`^Message from ${sender}:\\d+: hi$`));
-    } finally {
-      await server.stop();
-    }
+    await using server = new FakeServer({ hostname });
+    const { reply } = await send(encoder.encode("hi"), {
+      hostname,
+      port: server.port,
+      wait: true,
+    });
+    assert.equal(decoder.decode(reply?.[0]), "hi");
+    assert.equal(reply?.[1].hostname, server.hostname);
   }
+});
+
+test("send() with seq numbers each datagram, and with rate paces them", async () => {
+  await using server = new FakeServer({ echo: false });
+  const start = performance.now();
+  const { sent, bytes } = await send(encoder.encode("tick"), {
+    port: server.port,
+    count: 50,
+    rate: 100,
+    seq: true,
+  });
+  const took = performance.now() - start;
+  // Datagram 50 is due 49 / 100 s after the first.
+  assert.ok(took >= 490 && took < 1500, `took ${took} ms`);
+  assert.equal(sent, 50);
+  const texts = await server.waitFor(50);
+  assert.deepEqual(texts, texts.map((_, i) => `#${i + 1} tick`));
+  assert.equal(bytes, texts.join("").length);
+});
+
+test("send() with rate does not drift: 1,000 datagrams at 2,000 a second take 0.5 s", async () => {
+  await using server = new FakeServer({ echo: false });
+  const { seconds } = await send(encoder.encode("x"), {
+    port: server.port,
+    count: 1000,
+    rate: 2000,
+  });
+  // Datagram 1,000 is due 999 / 2,000 s after the first. A pace that slept
+  // 0.5 ms after each send would take twice that or more.
+  assert.ok(seconds >= 0.499 && seconds < 0.75, `took ${seconds} s`);
+  assert.equal((await server.waitFor(1000)).length, 1000);
 });
 
 // The command lines, run as a user runs them: `deno task server ...`.
@@ -1007,9 +1095,9 @@ test("deno task server serves IPv6 loopback and localhost, and replies there", {
 });
 
 test("deno task client sends its words, after -- too, and --wait prints the reply", async () => {
-  const server = await start({ echo: true });
+  await using server = new FakeServer();
   const port = String(server.port);
-  try {
+  {
     const plain = await run("client", "-p", port, "-w", "some", "words\x1b[2J");
     assert.equal(plain.code, 0);
     assert.equal(
@@ -1036,8 +1124,11 @@ test("deno task client sends its words, after -- too, and --wait prints the repl
     );
     assert.equal(dashed.code, 0);
     assert.equal(dashed.stdout, `Message from 127.0.0.1:${port}: -v words\n`);
-  } finally {
-    await server.stop();
+    assert.deepEqual(server.texts, [
+      "some words\x1b[2J",
+      "8 bytes!",
+      "-v words",
+    ]);
   }
 });
 
@@ -1065,8 +1156,8 @@ test("deno task client --wait with no reply is exit code 1 and one line", async 
 });
 
 test("deno task client --interactive sends each line and prints what arrives", async () => {
-  const server = await start({ echo: true });
-  try {
+  await using server = new FakeServer();
+  {
     await using client = task("client", [
       "--interactive",
       "-p",
@@ -1083,13 +1174,7 @@ test("deno task client --interactive sends each line and prints what arrives", a
     const { code, stdout } = await client.result();
     assert.equal(code, 0);
     assert.ok(stdout.startsWith(`${from}one\n${from}\\x1b[2J two\n`), stdout);
-    const lines = await server.output.waitForLines(3);
-    assert.deepEqual(
-      lines.map((line) => line.replace(/^Message from [\d.:]+: /, "")),
-      ["one", "\\x1b[2J two", "three"],
-    );
-  } finally {
-    await server.stop();
+    assert.deepEqual(await server.waitFor(3), ["one", "\x1b[2J two", "three"]);
   }
 });
 
@@ -1284,8 +1369,8 @@ test("deno task client takes every spelling of a loopback host, in any case", as
     ["::1", ["::1", "[::1]", "0:0:0:0:0:0:0:1", "[0:0::1]"]],
   ] as const;
   for (const [hostname, spellings] of cases) {
-    const server = await start({ echo: true, hostname });
-    try {
+    await using server = new FakeServer({ hostname });
+    {
       for (const typed of spellings) {
         const port = String(server.port);
         const { code, stdout, stderr } = await run(
@@ -1295,8 +1380,6 @@ test("deno task client takes every spelling of a loopback host, in any case", as
         assert.equal(code, 0, `${typed}: ${stderr}`);
         assert.ok(stdout.endsWith(`:${port}: ${typed}\n`), stdout);
       }
-    } finally {
-      await server.stop();
     }
   }
 });
@@ -1317,14 +1400,16 @@ test("deno task client: a host with a port, or not allowed, is one line that say
   assert.equal(stdout, "");
   assert.equal(
     stderr,
-    "error: not allowed to send to NoSuch.invalid: run client.ts with --allow-net=nosuch.invalid,0.0.0.0\n",
+    "Sending a 13-byte datagram to nosuch.invalid:6789\n" +
+      "error: not allowed to send to NoSuch.invalid: run client.ts with --allow-net=nosuch.invalid\n",
   );
   // IPv6 in brackets, as --allow-net takes it, quoted for zsh.
   const v6 = await run("client", "-H", "2001:DB8::1");
   assert.equal(v6.code, 1);
   assert.equal(
     v6.stderr,
-    "error: not allowed to send to 2001:DB8::1: run client.ts with '--allow-net=[2001:db8::1],[::]'\n",
+    "Sending a 13-byte datagram to [2001:db8::1]:6789\n" +
+      "error: not allowed to send to 2001:DB8::1: run client.ts with '--allow-net=[2001:db8::1],[::]'\n",
   );
   // Neither task ever asks: a question at a terminal would wait for ever.
   assert.match(config.tasks.client, / --no-prompt /);
@@ -1332,8 +1417,8 @@ test("deno task client: a host with a port, or not allowed, is one line that say
 });
 
 test("deno task client -i from a pipe prints the replies that come after the input ends", async () => {
-  const server = await start({ echo: true });
-  try {
+  await using server = new FakeServer();
+  {
     await using client = task("client", [
       "-i",
       "-p",
@@ -1354,10 +1439,197 @@ test("deno task client -i from a pipe prints the replies that come after the inp
       `Sending each line to 127.0.0.1:${server.port}; Ctrl+D ends\n` +
         "error: line 1 is 70000 bytes, more than the 65507 a UDP datagram can carry; not sent\n",
     );
-  } finally {
-    await server.stop();
   }
 });
+
+test("deno task client --wait prints the server's reply, not a stranger's, and counts what it ignored", async () => {
+  const server = listen();
+  const stranger = listen();
+  try {
+    const port = (server.addr as Deno.NetAddr).port;
+    await using client = task("client", ["-p", String(port), "-w", "-x"]);
+    const [, from] = await receive(server);
+    await stranger.send(encoder.encode("fake"), from);
+    await stranger.send(new Uint8Array(), from);
+    await server.send(new Uint8Array([0xff, 0xfe, 0x00, 0x41]), from);
+    const { code, stdout, stderr } = await client.result();
+    assert.equal(code, 0, stderr);
+    assert.equal(
+      stdout,
+      `Message from 127.0.0.1:${port} (4 bytes): ff fe 00 41\n`,
+    );
+    assert.equal(
+      stderr,
+      `Sending a 13-byte datagram to 127.0.0.1:${port}\n` +
+        `Ignored 2 datagrams not from 127.0.0.1:${port}\n`,
+    );
+  } finally {
+    server.close();
+    stranger.close();
+  }
+});
+
+/** Sends `text` from `conn` to `to` every few ms until `done` settles; returns how many. */
+async function keepSending(
+  conn: Deno.DatagramConn,
+  to: Deno.Addr,
+  text: string,
+  done: Promise<unknown>,
+): Promise<number> {
+  let sent = 0;
+  let finished = false;
+  done.finally(() => finished = true);
+  // Bounded: 10 s at most, as within() allows.
+  while (!finished && sent < 2000) {
+    await conn.send(encoder.encode(text), to);
+    sent++;
+    let timer;
+    await Promise.race([
+      done,
+      new Promise((resolve) => timer = setTimeout(resolve, 5)),
+    ]);
+    clearTimeout(timer);
+  }
+  return sent;
+}
+
+test("deno task client -i ignores a stranger: not printed, and it does not prolong the wait", async () => {
+  const server = listen();
+  const stranger = listen();
+  try {
+    const port = (server.addr as Deno.NetAddr).port;
+    await using client = task(
+      "client",
+      ["-i", "-p", String(port), "-t", "200"],
+      "piped",
+    );
+    const input = client.process.stdin.getWriter();
+    await input.write(encoder.encode("one\n"));
+    const [data, from] = await receive(server);
+    assert.equal(decoder.decode(data), "one");
+    const ended = client.result();
+    const strangers = keepSending(stranger, from, "noise", ended);
+    await server.send(encoder.encode("reply"), from);
+    const closed = performance.now();
+    await input.close();
+    const { code, stdout, stderr } = await ended;
+    const took = performance.now() - closed;
+    const count = await strangers;
+    assert.equal(code, 0, stderr);
+    // 200 ms of quiet from the server: the stranger's datagrams do not count.
+    assert.ok(took < 900, `took ${took} ms`);
+    assert.equal(stdout, `Message from 127.0.0.1:${port}: reply\n`);
+    const [, ignored] = stderr.match(/\nIgnored (\d+) datagrams? not from /) ??
+      [];
+    assert.ok(Number(ignored) >= 1 && Number(ignored) <= count, stderr);
+  } finally {
+    server.close();
+    stranger.close();
+  }
+});
+
+test("deno task client -i stops 5 x --timeout after the input ends, however long the server talks", async () => {
+  const server = listen();
+  try {
+    const port = (server.addr as Deno.NetAddr).port;
+    await using client = task(
+      "client",
+      ["-i", "-p", String(port), "-t", "200"],
+      "piped",
+    );
+    const input = client.process.stdin.getWriter();
+    await input.write(encoder.encode("talk\n"));
+    const [, from] = await receive(server);
+    const ended = client.result();
+    const talking = keepSending(server, from, "more", ended);
+    const closed = performance.now();
+    await input.close();
+    const { code, stdout } = await ended;
+    const took = performance.now() - closed;
+    const count = await talking;
+    assert.equal(code, 0);
+    assert.ok(took >= 950 && took < 2500, `took ${took} ms`);
+    const lines = stdout.split("\n").slice(0, -1);
+    assert.ok(lines.length >= 10 && lines.length <= count, `${lines.length}`);
+    assert.ok(lines.every((line) => line.endsWith(": more")));
+  } finally {
+    server.close();
+  }
+});
+
+test("deno task client --rate --seq paces, numbers, and sums up on stderr, without progress when piped", async () => {
+  await using server = new FakeServer({ echo: false });
+  const port = String(server.port);
+  const start = performance.now();
+  const { code, stdout, stderr } = await run(
+    "client",
+    ...["-p", port, "--count", "50", "--rate", "100", "--seq", "tick"],
+  );
+  const took = performance.now() - start;
+  assert.equal(code, 0, stderr);
+  assert.equal(stdout, "");
+  assert.ok(took >= 490, `took ${took} ms`);
+  const [, seconds] = stderr.match(
+    new RegExp(
+      `^Sending a 4-byte datagram to 127\\.0\\.0\\.1:${port}, 50 times\n` +
+        "Sent 50 datagrams, 391 bytes in (0\\.\\d{3}|1\\.\\d) s: \\d+/s\n$",
+    ),
+  ) ?? [];
+  assert.ok(seconds, stderr);
+  assert.ok(Number(seconds) >= 0.49 && Number(seconds) < 1.5, seconds);
+  const texts = await server.waitFor(50);
+  assert.deepEqual(texts, texts.map((_, i) => `#${i + 1} tick`));
+});
+
+test("deno task client -H: a name that is not a host is a usage error, in one line", async () => {
+  const cases = [
+    [
+      "nonsense..host",
+      '--hostname must be a host name or an IP address, not "nonsense..host"',
+    ],
+    [".x", '--hostname must be a host name or an IP address, not ".x"'],
+  ];
+  for (const [host, message] of cases) {
+    await assertUsageError(
+      "client",
+      ["-H", host],
+      `error: ${message} (see --help)`,
+    );
+  }
+  // parseArgs' hint, on one line: no escaped line ends.
+  for (const args of [["--count", "-1"], ["-H", "-bad"]]) {
+    const { code, stderr } = await run("client", ...args);
+    assert.equal(code, 2);
+    assert.match(
+      stderr,
+      /^error: option '[^']*' argument is ambiguous: to specify an option argument starting with a dash use '--[a-z]+=-XYZ'.* \(see --help\)\n$/,
+    );
+    assert.doesNotMatch(stderr, /\\n/);
+  }
+});
+
+test("deno task client --help shows first the command that works for a copied file", async () => {
+  const { stdout } = await run("client", "--help");
+  assert.match(
+    stdout,
+    /^Usage: deno run --unstable-net --no-prompt '--allow-net=[^']*' client\.ts /,
+  );
+});
+
+test(
+  "deno task client on macOS refuses a message over 9,216 bytes, and names the sysctl",
+  {
+    ignore: Deno.build.os !== "darwin",
+  },
+  async () => {
+    const { code, stderr } = await run("client", "x".repeat(9217));
+    assert.equal(code, 1);
+    assert.match(
+      stderr,
+      /error: .*9217 bytes, more than the 9216 macOS sends by default: raise it with sudo sysctl -w net\.inet\.udp\.maxdgram=65535\n$/,
+    );
+  },
+);
 
 test("deno task client ends with exit code 141 when the reader of its output goes away", async () => {
   const server = listen();
