@@ -830,7 +830,10 @@ async function chat(
         print: (text) => printAbove(rl, text),
       });
     } finally {
+      // The terminal as it was: line mode again, and the shell's prompt on a
+      // line of its own.
       rl.close();
+      process.stdout.write("\n");
     }
     if (interrupted) return EXIT_INTERRUPTED;
   } else {

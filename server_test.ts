@@ -1631,6 +1631,116 @@ test(
   },
 );
 
+// At a terminal: python3's pty module gives the client a real terminal, and
+// types into it. Lines go from the script to the test on its stdout.
+const PTY_SCRIPT = `
+import os, pty, sys, time, select, json
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+screen = b""
+def until(pattern):
+    global screen
+    end = time.monotonic() + 10
+    while pattern not in screen:
+        left = end - time.monotonic()
+        ready = select.select([fd], [], [], max(left, 0))[0] if left > 0 else []
+        data = os.read(fd, 4096) if ready else b""
+        if not data:
+            print(json.dumps({"error": repr(pattern), "screen": screen.decode()}))
+            sys.exit(1)
+        screen += data
+def say(word):
+    print(word, flush=True)
+    sys.stdin.readline()
+until(b"> ")
+os.write(fd, b"first\\r")
+until(b"first")
+os.write(fd, b"half typed")
+until(b"half typed")
+say("typed")
+until(b"incoming")
+say("printed")
+os.write(fd, b"\\r")
+say("entered")
+os.write(fd, b"\\x04")
+try:
+    while data := os.read(fd, 4096):
+        screen += data
+except OSError:
+    pass
+status = os.waitpid(pid, 0)[1]
+print(json.dumps({"code": os.waitstatus_to_exitcode(status), "screen": screen.decode()}))
+`;
+
+/** The lines a terminal shows for `output`: \r, \x1b[K, \x1b[0J and \x1b[nG (and \x1b[nC) applied. */
+function render(output: string): string[] {
+  const lines: string[] = [];
+  for (const raw of output.split("\n")) {
+    let line = "";
+    let column = 0;
+    // deno-lint-ignore no-control-regex -- terminal escapes, on purpose
+    const re = /\x1b\[(\d*)([A-Za-z])|\r|[^\x1b\r]/gu;
+    for (const [token, number, command] of raw.matchAll(re)) {
+      if (token === "\r") column = 0;
+      else if (command === "G") column = Number(number || 1) - 1;
+      else if (command === "C") column += Number(number || 1);
+      else if (command === "K" || command === "J") line = line.slice(0, column);
+      else if (!command) {
+        line = line.padEnd(column).slice(0, column) + token +
+          line.slice(column + 1);
+        column++;
+      }
+    }
+    lines.push(line);
+  }
+  return lines;
+}
+
+test(
+  "deno task client -i at a terminal prints what arrives above the line being typed",
+  {
+    ignore: !PYTHON || Deno.build.os === "windows",
+  },
+  async () => {
+    const server = listen();
+    try {
+      const port = (server.addr as Deno.NetAddr).port;
+      await using typist = new Task([
+        ...taskArgs("client"),
+        ...["-i", "-p", String(port)],
+      ], { stdin: "piped", wrapper: ["python3", "-c", PTY_SCRIPT] });
+      const answer = typist.process.stdin.getWriter();
+      const [first, from] = await receive(server);
+      assert.equal(decoder.decode(first), "first");
+      await typist.waitFor("stdout", /^typed\n/m);
+      await answer.write(encoder.encode("\n"));
+      await server.send(encoder.encode("incoming"), from);
+      await typist.waitFor("stdout", /^printed\n/m);
+      await answer.write(encoder.encode("\n"));
+      // Enter sends what was typed, whole.
+      assert.equal(await receiveText(server), "half typed");
+      await typist.waitFor("stdout", /^entered\n/m);
+      await answer.write(encoder.encode("\n"));
+      await answer.close();
+      const { stdout } = await typist.result();
+      const { code, screen } = JSON.parse(stdout.split("\n").at(-2)!);
+      assert.equal(code, 0, screen);
+      const lines = render(screen);
+      const at = lines.findIndex((line) => line.includes("incoming"));
+      assert.equal(
+        lines[at],
+        `Message from 127.0.0.1:${port}: incoming`,
+        screen,
+      );
+      assert.equal(lines[at + 1], "> half typed", screen);
+      assert.deepEqual(lines.slice(-2), ["> ", ""], screen);
+    } finally {
+      server.close();
+    }
+  },
+);
+
 test("deno task client ends with exit code 141 when the reader of its output goes away", async () => {
   const server = listen();
   try {
