@@ -3,14 +3,7 @@
  * "Hello, Server" to 127.0.0.1:6789; `--wait` prints the reply, `-i` chats.
  * Run it with the server's address allowed (see the README):
  * `deno run --unstable-net --no-prompt '--allow-net=127.0.0.1,[::1],localhost' client.ts`
- *
- * @example Send a datagram and wait for the reply
- * ```ts ignore
- * import { send } from "./client.ts";
- *
- * const { reply } = await send(new TextEncoder().encode("ping"), { wait: true });
- * console.log(new TextDecoder().decode(reply?.[0]));
- * ```
+ * (`send()` below is the tutorial; the rest makes it robust).
  *
  * @module
  */
@@ -25,8 +18,6 @@ export const DEFAULT_HOSTNAME = "127.0.0.1";
 export const DEFAULT_PORT = 6789;
 /** The tutorial's message. */
 export const DEFAULT_MESSAGE = "Hello, Server";
-/** How long `--wait` waits for a reply, in milliseconds. */
-export const DEFAULT_TIMEOUT = 2000;
 
 /**
  * The tutorial's client: sends `message` to the server as one datagram,
@@ -37,7 +28,6 @@ export async function send(
   options: SendOptions = {},
 ): Promise<SendResult> {
   const { count = 1, rate, onSent } = options;
-  let bytes = 0;
   const server = await resolve(options); // its address, found once
   // 1. A socket to send from: the server replies to its address and port.
   // Python's sendto() binds one without a word; port 0: any free port.
@@ -48,6 +38,7 @@ export async function send(
   });
   try {
     const start = performance.now();
+    let bytes = 0;
     for (let i = 0; i < count; i++) {
       if (rate) await sleepUntil(start + i * 1000 / rate); // see sleepUntil()
       // 2. Send. UDP has no connection: every datagram names where it goes.
@@ -67,6 +58,9 @@ export async function send(
 
 // Beyond the tutorial: what a client needs on a real network, each part
 // behind the problem it solves; the command line last.
+
+/** How long `--wait` waits for a reply, in milliseconds. */
+export const DEFAULT_TIMEOUT = 2000;
 
 /** Where to send to. */
 export interface Server {
