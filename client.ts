@@ -179,7 +179,9 @@ async function waitForReply(
     }
   } catch (error) {
     const where = formatAddress(server);
-    const ignored = result.ignored > 0 ? `; ${ignoredText(result, where)}` : "";
+    const ignored = result.ignored > 0
+      ? `; ${ignoredText(result.ignored, where)}`
+      : "";
     if (timedOut) {
       throw new NoReply(
         `no reply from ${where} within ${timeout} ms${ignored}`,
@@ -199,8 +201,8 @@ async function waitForReply(
 /** No reply came: the send worked, but nobody answered. */
 class NoReply extends Error {}
 
-/** "Ignored 2 datagrams not from 127.0.0.1:6789" */
-function ignoredText({ ignored }: { ignored: number }, where: string): string {
+/** "ignored 2 datagrams not from 127.0.0.1:6789" */
+function ignoredText(ignored: number, where: string): string {
   return `ignored ${plural(ignored, "datagram")} not from ${where}`;
 }
 
@@ -541,7 +543,7 @@ function reason(error: unknown): string {
   let text = lines.length > 1
     ? `${lines[0].replace(/\.$/, "")}: ${lowerFirst(lines.at(-1)!)}`
     : lines[0];
-  text = text.replace(/\.$| To specify a .*$/, "");
+  text = text.replace(/ To specify a .*$/, "").replace(/\.$/, "");
   // Deno 2.0 repeats some messages: "x: x".
   text = text.replace(/^(.+): \1$/, "$1");
   return printable(lowerFirst(text));
@@ -709,6 +711,11 @@ function summary(sent: number, bytes: number, seconds: number): string {
   } in ${time} s${rate}`;
 }
 
+/** Says once, at the end, how many datagrams came from others than the server. */
+function reportIgnored(ignored: number, where: string) {
+  if (ignored > 0) console.error(`I${ignoredText(ignored, where).slice(1)}`);
+}
+
 /** Deno's "Requires net access to "[::1]:6789"" as the flag that allows it. */
 function allowFlag(server: string, error: Error): string {
   const [, denied = ""] = error.message.match(/access to "(.*):\d+"/) ?? [];
@@ -767,10 +774,7 @@ async function main(args: string[]): Promise<number> {
       console.error(summary(result.sent, result.bytes, result.seconds));
     }
     if (result.reply) await printLine(formatMessage(...result.reply, { hex }));
-    if (result.ignored > 0) {
-      const text = ignoredText(result, where);
-      console.error(text[0].toUpperCase() + text.slice(1));
-    }
+    reportIgnored(result.ignored, where);
     return 0;
   } catch (error) {
     if (error instanceof Deno.errors.BrokenPipe) return EXIT_CLOSED;
@@ -843,10 +847,7 @@ async function chat(
       reader.cancel().catch(() => {});
     }
   }
-  if (result.ignored > 0) {
-    const text = ignoredText(result, where);
-    console.error(text[0].toUpperCase() + text.slice(1));
-  }
+  reportIgnored(result.ignored, where);
   return 0;
 }
 

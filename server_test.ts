@@ -926,6 +926,7 @@ test("deno task client: a usage error is one line and exit code 2", async () => 
     ],
     [["-i", "words"], "error: --interactive sends the lines of its input"],
     [["-i", "-c", "2"], "error: --interactive sends the lines of its input"],
+    [["--bogus"], "error: unknown option '--bogus' (see --help)"],
     [
       ["x".repeat(65_508)],
       "error: message is 65508 bytes, more than the 65507 a UDP datagram can carry",
@@ -1738,6 +1739,48 @@ test(
     } finally {
       server.close();
     }
+  },
+);
+
+// Runs a command in a pseudo-terminal; prints its exit code and screen.
+const PTY_RUN = `
+import os, pty, sys, json
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+screen = b""
+try:
+    while data := os.read(fd, 4096):
+        screen += data
+except OSError:
+    pass
+status = os.waitpid(pid, 0)[1]
+print(json.dumps({"code": os.waitstatus_to_exitcode(status), "screen": screen.decode()}))
+`;
+
+test(
+  "deno task client at a terminal shows the progress of a long send on one line",
+  {
+    ignore: !PYTHON || Deno.build.os === "windows",
+  },
+  async () => {
+    await using server = new FakeServer({ echo: false });
+    await using child = new Task([
+      ...taskArgs("client"),
+      ...["-p", String(server.port), "-c", "300", "-r", "500"],
+    ], { wrapper: ["python3", "-c", PTY_RUN] });
+    const { stdout } = await child.result();
+    const { code, screen } = JSON.parse(stdout);
+    assert.equal(code, 0, screen);
+    // Redrawn in place, at most 4 times a second: 0.6 s, so 1 or 2 times.
+    const shown = screen.match(/\rSent \d+ of 300/g) ?? [];
+    assert.ok(shown.length >= 1 && shown.length <= 3, screen);
+    const lines = render(screen);
+    assert.match(
+      lines.at(-2)!,
+      /^Sent 300 datagrams, 3,900 bytes in 0\.\d{3} s: \d+\/s$/,
+    );
+    assert.equal((await server.waitFor(300)).length, 300);
   },
 );
 
