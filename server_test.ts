@@ -882,6 +882,9 @@ test("deno task client --help lists every option with its default", async () => 
       "-t, --timeout",
       "2000",
       "-i, --interactive",
+      "-r, --rate",
+      "-s, --seq",
+      "-x, --hex",
       "-h, --help",
     ]
   ) {
