@@ -120,7 +120,9 @@ interface Peer extends Deno.NetAddr {
 async function resolve(options: Server): Promise<Peer> {
   const { hostname = DEFAULT_HOSTNAME, port = DEFAULT_PORT } = options;
   const server = { transport: "udp", hostname, port } as const;
-  if (isAddress(hostname)) return { ...server, address: hostname };
+  if (isAddress(hostname)) {
+    return { ...server, address: canonicalAddress(hostname) };
+  }
   try {
     const probe = Deno.listenDatagram({ transport: "udp", hostname, port: 0 });
     closeQuietly(probe);
@@ -132,6 +134,16 @@ async function resolve(options: Server): Promise<Peer> {
   // Deno 2.9 looks up with getaddrinfo; Deno 2.0 asks the name server itself,
   // which needs its address in --allow-net (or --allow-net for all).
   return { ...server, address: (await lookup(hostname)).address };
+}
+
+/** An IP address as a datagram's source gives it: `::1`, not `0:0::1`. */
+function canonicalAddress(address: string): string {
+  try {
+    return new URL(`http://${bracketed(address)}/`).hostname
+      .replace(/^\[(.*)\]$/, "$1");
+  } catch {
+    return address; // such as fe80::1%eth0, which the URL parser rejects
+  }
 }
 
 function isAddress(hostname: string): boolean {

@@ -637,8 +637,10 @@ test("send() with wait gives up after the timeout", async () => {
 });
 
 test("send() works over IPv6 and by host name", async () => {
-  for (const hostname of ["::1", "localhost"]) {
-    await using server = new FakeServer({ hostname });
+  for (const hostname of ["::1", "0:0:0:0:0:0:0:1", "localhost"]) {
+    await using server = new FakeServer({
+      hostname: hostname === "localhost" ? hostname : "::1",
+    });
     const { reply } = await send(encoder.encode("hi"), {
       hostname,
       port: server.port,
