@@ -627,9 +627,12 @@ function writeMarker(out: Uint8Array, o: number, hidden: number): number {
 
 /** `127.0.0.1:6789`, or `[::1]:6789` for IPv6. */
 export function formatAddress({ hostname, port }: Deno.NetAddr): string {
-  return hostname.includes(":")
-    ? `[${hostname}]:${port}`
-    : `${hostname}:${port}`;
+  return `${bracketed(hostname)}:${port}`;
+}
+
+/** `::1` as `[::1]`, the form that an address with a port and `--allow-net` take. */
+function bracketed(hostname: string): string {
+  return hostname.includes(":") ? `[${hostname}]` : hostname;
 }
 
 // Replies go wherever a datagram claims to come from, and UDP does not check
@@ -982,8 +985,9 @@ export interface SequenceCounts {
   outOfOrder: number;
   /** Datagrams more than SEQUENCE_WINDOW numbers behind the highest. */
   tooLate: number;
-  /** When the first datagram came, in ms, and the last that read the clock. */
+  /** When the first datagram came, in ms. */
   first: number;
+  /** When the last datagram that read the clock came. */
   last: number;
   /** How many had come by `last`. */
   timed: number;
@@ -1216,16 +1220,26 @@ export class Warnings {
 
 /** An error's message as the end of a line: "Address already in use (os error 98)" becomes "address already in use". */
 function reason(error: unknown): string {
-  const message = error instanceof Error ? error.message : String(error);
-  // Deno 2.0 adds the system's words again: "... (os error 98): Address ...";
-  // parseArgs adds a hint after a full stop: "unknown option '--bogus'. To
-  // specify a positional argument...".
-  const text = message.replace(/ \(os error \d+\).*$|\.\s[A-Z].*$/s, "");
-  // A plain first word loses its capital; a name such as "Deno.listen" keeps it.
-  const line = /^[A-Z][a-z]* /.test(text)
+  let text = error instanceof Error ? error.message : String(error);
+  // Deno 2.0 adds the system's words again, "... (os error 98): Address
+  // ...", and repeats some messages: "x: x".
+  text = text.replace(/ \(os error \d+\).*$/s, "").replace(/^(.+): \1$/s, "$1");
+  // parseArgs explains in more sentences: keep the first, and the one that
+  // says what to type.
+  if ((error as { code?: string }).code?.startsWith("ERR_PARSE_ARGS")) {
+    const sentences = text.split(/(?<=[.?])\s+/);
+    const todo = sentences.find((line) => line.startsWith("To specify an"));
+    text = [sentences[0], todo && lowerFirst(todo)].filter(Boolean)
+      .map((line) => line!.replace(/\.$/, "")).join(": ");
+  }
+  return printable(lowerFirst(text));
+}
+
+/** A plain first word loses its capital; a name such as "Deno.listen" keeps it. */
+function lowerFirst(text: string): string {
+  return /^[A-Z][a-z]* /.test(text)
     ? text[0].toLowerCase() + text.slice(1)
     : text;
-  return printable(line);
 }
 
 const USAGE =
@@ -1307,15 +1321,15 @@ function canonicalHost(host: string): string {
   try {
     // The URL parser knows every spelling: LOCALHOST, 0:0:0:0:0:0:0:1, 127.1.
     const url = new URL(`http://${bare.includes(":") ? `[${bare}]` : bare}/`);
-    const name = url.hostname.replace(/^\[(.*)\]$/, "$1");
-    // It takes empty labels (`a..b`), which Deno then rejects.
-    if (!name.split(".").slice(0, -1).includes("")) return name;
+    const canonical = url.hostname.replace(/^\[(.*)\]$/, "$1");
+    // Deno's own check is stricter (no empty label, as in "a..b").
+    Deno.permissions.querySync({ name: "net", host: bracketed(canonical) });
+    return canonical;
   } catch {
-    // not a host
+    throw new UsageError(
+      `--hostname must be a host name or an IP address, not "${host}"`,
+    );
   }
-  throw new UsageError(
-    `--hostname must be a host name or an IP address, not "${host}"`,
-  );
 }
 
 /** Runs the server as the command line says, and returns the exit code. */
@@ -1381,7 +1395,9 @@ async function run(
   const printer = new Printer(out, {
     hex: options.hex,
     // At a terminal, read once: a line wider than it would wrap.
-    columns: Deno.stdout.isTerminal() ? Deno.consoleSize().columns : Infinity,
+    columns: Deno.stdout.isTerminal()
+      ? Deno.consoleSize().columns || Infinity // 0: not known
+      : Infinity,
   });
   const room = options.chat ? new ChatRoom() : undefined;
   const stats = options.stats ? new SequenceStats() : undefined;
@@ -1434,8 +1450,9 @@ async function run(
   return code;
 }
 
+/** "1 datagram", "7,800 bytes". */
 function plural(count: number, noun: string): string {
-  return `${count} ${noun}${count === 1 ? "" : "s"}`;
+  return `${count.toLocaleString("en-US")} ${noun}${count === 1 ? "" : "s"}`;
 }
 
 if (import.meta.main) {

@@ -27,6 +27,8 @@ import {
 } from "./server.ts";
 import {
   DEFAULT_MESSAGE,
+  escapeInto as clientEscapeInto,
+  hexInto as clientHexInto,
   printable as clientPrintable,
   readLines,
   send,
@@ -1407,7 +1409,7 @@ test("SequenceStats follows at most 1024 senders, the one heard longest ago forg
   const lines = stats.summary();
   assert.equal(lines.length, 6);
   assert.match(lines[0], /^127\.0\.0\.1:5000: 5,000 received, 0 lost/);
-  assert.match(lines[5], /^5001 senders: 10,000 received, 0 lost/);
+  assert.match(lines[5], /^5,001 senders: 10,000 received, 0 lost/);
 });
 
 test("SequenceStats shows nothing when nothing came", () => {
@@ -1416,34 +1418,99 @@ test("SequenceStats shows nothing when nothing came", () => {
 
 // The client.
 
-test("send() sends the message count times", async () => {
-  const server = await start();
-  try {
-    await send(encoder.encode("again"), { port: server.port, count: 5 });
-    const lines = await server.output.waitForLines(5);
-    assert.equal(lines.filter((line) => line.endsWith(": again")).length, 5);
-  } finally {
-    assert.equal((await server.stop()).datagrams, 5);
+// The client's tests use a plain socket in the server's place: they test
+// the client alone, and a second socket can send as a stranger.
+
+/** A plain UDP socket in the server's place: it keeps what arrives and, with `echo`, sends it back. */
+class FakeServer implements AsyncDisposable {
+  readonly conn: Deno.DatagramConn;
+  readonly texts: string[] = [];
+  #arrived = Promise.withResolvers<void>();
+  #loop: Promise<void>;
+
+  constructor({ hostname = "127.0.0.1", echo = true } = {}) {
+    this.conn = listen(hostname);
+    this.#loop = this.#serve(echo);
   }
+
+  get port(): number {
+    return (this.conn.addr as Deno.NetAddr).port;
+  }
+
+  get hostname(): string {
+    return (this.conn.addr as Deno.NetAddr).hostname;
+  }
+
+  async #serve(echo: boolean) {
+    try {
+      while (true) {
+        const [data, from] = await this.conn.receive();
+        this.texts.push(decoder.decode(data));
+        this.#arrived.resolve();
+        this.#arrived = Promise.withResolvers();
+        if (echo) await this.conn.send(data, from);
+      }
+    } catch {
+      // closed
+    }
+  }
+
+  /** Waits until `count` datagrams have arrived. */
+  waitFor(count: number): Promise<string[]> {
+    return within(`${count} datagrams`, this.#waitFor(count));
+  }
+
+  async #waitFor(count: number): Promise<string[]> {
+    while (this.texts.length < count) await this.#arrived.promise;
+    return this.texts;
+  }
+
+  async [Symbol.asyncDispose]() {
+    this.conn.close();
+    await this.#loop;
+  }
+}
+
+test("send() sends the message count times", async () => {
+  await using server = new FakeServer({ echo: false });
+  const result = await send(encoder.encode("again"), {
+    port: server.port,
+    count: 5,
+  });
+  assert.equal(result.sent, 5);
+  assert.equal(result.bytes, 25);
+  assert.deepEqual(await server.waitFor(5), Array(5).fill("again"));
 });
 
 test("send() with wait returns the reply and who sent it", async () => {
-  const server = await start({ echo: true });
+  await using server = new FakeServer();
+  const { reply, ignored } = await send(encoder.encode("ping"), {
+    port: server.port,
+    wait: true,
+  });
+  assert.ok(reply);
+  const [data, from] = reply;
+  assert.equal(decoder.decode(data), "ping");
+  assert.deepEqual({ ...from }, udp("127.0.0.1", server.port));
+  assert.equal(ignored, 0);
+});
+
+test("send() with wait takes the server's reply, not a stranger's datagram that comes first", async () => {
+  const server = listen();
+  const stranger = listen();
   try {
-    const reply = await send(encoder.encode("ping"), {
-      port: server.port,
-      wait: true,
-    });
-    assert.ok(reply);
-    const [data, from] = reply;
-    assert.equal(decoder.decode(data), "ping");
-    assert.deepEqual({ ...from }, {
-      transport: "udp",
-      hostname: "127.0.0.1",
-      port: server.port,
-    });
+    const port = (server.addr as Deno.NetAddr).port;
+    const sending = send(encoder.encode("ping"), { port, wait: true });
+    const [, client] = await receive(server);
+    await stranger.send(encoder.encode("I am the server"), client);
+    await stranger.send(encoder.encode("believe me"), client);
+    await server.send(encoder.encode("pong"), client);
+    const { reply, ignored } = await within("the reply", sending);
+    assert.equal(decoder.decode(reply?.[0]), "pong");
+    assert.equal(ignored, 2);
   } finally {
-    await server.stop();
+    server.close();
+    stranger.close();
   }
 });
 
@@ -1453,7 +1520,7 @@ test("send() with wait gives up after the timeout", async () => {
   try {
     await assert.rejects(
       send(encoder.encode("anyone?"), { port, wait: true, timeout: 50 }),
-      new Deno.errors.TimedOut(`no reply from 127.0.0.1:${port} within 50 ms`),
+      { message: `no reply from 127.0.0.1:${port} within 50 ms` },
     );
     assert.equal(await receiveText(silent), "anyone?");
   } finally {
@@ -1461,25 +1528,50 @@ test("send() with wait gives up after the timeout", async () => {
   }
 });
 
-test("serve() and send() work over IPv6 and by host name", async () => {
-  for (const hostname of ["::1", "localhost"]) {
-    const server = await start({ echo: true, hostname });
-    try {
-      const reply = await send(encoder.encode("hi"), {
-        hostname,
-        port: server.port,
-        wait: true,
-      });
-      assert.equal(decoder.decode(reply?.[0]), "hi");
-      const [line] = await server.output.waitForLines(1);
-      const sender = server.addr.hostname === "::1"
-        ? "\\[::1\\]"
-        : "127\\.0\\.0\\.1";
-      assert.match(line, new RegExp(`^Message from ${sender}:\\d+: hi$`));
-    } finally {
-      await server.stop();
-    }
+test("send() works over IPv6 and by host name", async () => {
+  for (const hostname of ["::1", "0:0:0:0:0:0:0:1", "localhost"]) {
+    await using server = new FakeServer({
+      hostname: hostname === "localhost" ? hostname : "::1",
+    });
+    const { reply } = await send(encoder.encode("hi"), {
+      hostname,
+      port: server.port,
+      wait: true,
+    });
+    assert.equal(decoder.decode(reply?.[0]), "hi");
+    assert.equal(reply?.[1].hostname, server.hostname);
   }
+});
+
+test("send() with seq numbers each datagram, and with rate paces them", async () => {
+  await using server = new FakeServer({ echo: false });
+  const start = performance.now();
+  const { sent, bytes } = await send(encoder.encode("tick"), {
+    port: server.port,
+    count: 50,
+    rate: 100,
+    seq: true,
+  });
+  const took = performance.now() - start;
+  // Datagram 50 is due 49 / 100 s after the first.
+  assert.ok(took >= 490 && took < 1500, `took ${took} ms`);
+  assert.equal(sent, 50);
+  const texts = await server.waitFor(50);
+  assert.deepEqual(texts, texts.map((_, i) => `#${i + 1} tick`));
+  assert.equal(bytes, texts.join("").length);
+});
+
+test("send() with rate does not drift: 1,000 datagrams at 2,000 a second take 0.5 s", async () => {
+  await using server = new FakeServer({ echo: false });
+  const { seconds } = await send(encoder.encode("x"), {
+    port: server.port,
+    count: 1000,
+    rate: 2000,
+  });
+  // Datagram 1,000 is due 999 / 2,000 s after the first. A pace that slept
+  // 0.5 ms after each send would take twice that or more.
+  assert.ok(seconds >= 0.499 && seconds < 0.75, `took ${seconds} s`);
+  assert.equal((await server.waitFor(1000)).length, 1000);
 });
 
 // The command lines, run as a user runs them: `deno task server ...`.
@@ -1694,6 +1786,9 @@ test("deno task client --help lists every option with its default", async () => 
       "-t, --timeout",
       "2000",
       "-i, --interactive",
+      "-r, --rate",
+      "-s, --seq",
+      "-x, --hex",
       "-h, --help",
     ]
   ) {
@@ -1746,6 +1841,7 @@ test("deno task client: a usage error is one line and exit code 2", async () => 
     ],
     [["-i", "words"], "error: --interactive sends the lines of its input"],
     [["-i", "-c", "2"], "error: --interactive sends the lines of its input"],
+    [["--bogus"], "error: unknown option '--bogus' (see --help)"],
     [
       ["x".repeat(65_508)],
       "error: message is 65508 bytes, more than the 65507 a UDP datagram can carry",
@@ -1889,7 +1985,7 @@ test(
     assert.equal(stdout.split("\n").length, 5);
     assert.match(
       stderr,
-      /\nReceived 4 datagrams, 65531 bytes; 2 chat members\n$/,
+      /\nReceived 4 datagrams, 65,531 bytes; 2 chat members\n$/,
     );
   },
 );
@@ -1919,9 +2015,9 @@ test("deno task server serves IPv6 loopback and localhost, and replies there", {
 });
 
 test("deno task client sends its words, after -- too, and --wait prints the reply", async () => {
-  const server = await start({ echo: true });
+  await using server = new FakeServer();
   const port = String(server.port);
-  try {
+  {
     const plain = await run("client", "-p", port, "-w", "some", "words\x1b[2J");
     assert.equal(plain.code, 0);
     assert.equal(
@@ -1948,8 +2044,11 @@ test("deno task client sends its words, after -- too, and --wait prints the repl
     );
     assert.equal(dashed.code, 0);
     assert.equal(dashed.stdout, `Message from 127.0.0.1:${port}: -v words\n`);
-  } finally {
-    await server.stop();
+    assert.deepEqual(server.texts, [
+      "some words\x1b[2J",
+      "8 bytes!",
+      "-v words",
+    ]);
   }
 });
 
@@ -1977,8 +2076,8 @@ test("deno task client --wait with no reply is exit code 1 and one line", async 
 });
 
 test("deno task client --interactive sends each line and prints what arrives", async () => {
-  const server = await start({ echo: true });
-  try {
+  await using server = new FakeServer();
+  {
     await using client = task("client", [
       "--interactive",
       "-p",
@@ -1995,13 +2094,7 @@ test("deno task client --interactive sends each line and prints what arrives", a
     const { code, stdout } = await client.result();
     assert.equal(code, 0);
     assert.ok(stdout.startsWith(`${from}one\n${from}\\x1b[2J two\n`), stdout);
-    const lines = await server.output.waitForLines(3);
-    assert.deepEqual(
-      lines.map((line) => line.replace(/^Message from [\d.:]+: /, "")),
-      ["one", "\\x1b[2J two", "three"],
-    );
-  } finally {
-    await server.stop();
+    assert.deepEqual(await server.waitFor(3), ["one", "\x1b[2J two", "three"]);
   }
 });
 
@@ -2062,7 +2155,7 @@ test(
     assert.ok(took < 1000, `stopped in ${took} ms`);
     assert.equal(code, 1);
     const [, unwritten] = stderr.match(
-      /\nReceived 40 datagrams, \d+ bytes; (\d+) lines not written: the output did not take them in time\n$/,
+      /\nReceived 40 datagrams, [\d,]+ bytes; (\d+) lines not written: the output did not take them in time\n$/,
     ) ?? [];
     assert.ok(unwritten, stderr);
     // The lines in the pipe and the lines not written make up every line.
@@ -2102,7 +2195,7 @@ test(
     assert.equal(code, 141);
     assert.match(
       stderr,
-      /^Listening on [^\n]*\nReceived 2 datagrams, 6026 bytes; the output was closed, 1 line not written\n$/,
+      /^Listening on [^\n]*\nReceived 2 datagrams, 6,026 bytes; the output was closed, 1 line not written\n$/,
     );
   },
 );
@@ -2151,7 +2244,7 @@ test(
       (client.addr as Deno.NetAddr).port
     }: `;
     assert.equal(text, texts.map((line) => `${from}${line}\n`).join(""));
-    assert.match(stderr, /\nReceived 40 datagrams, \d+ bytes\n$/);
+    assert.match(stderr, /\nReceived 40 datagrams, [\d,]+ bytes\n$/);
   },
 );
 
@@ -2283,8 +2376,8 @@ test("deno task client takes every spelling of a loopback host, in any case", as
     ["::1", ["::1", "[::1]", "0:0:0:0:0:0:0:1", "[0:0::1]"]],
   ] as const;
   for (const [hostname, spellings] of cases) {
-    const server = await start({ echo: true, hostname });
-    try {
+    await using server = new FakeServer({ hostname });
+    {
       for (const typed of spellings) {
         const port = String(server.port);
         const { code, stdout, stderr } = await run(
@@ -2294,8 +2387,6 @@ test("deno task client takes every spelling of a loopback host, in any case", as
         assert.equal(code, 0, `${typed}: ${stderr}`);
         assert.ok(stdout.endsWith(`:${port}: ${typed}\n`), stdout);
       }
-    } finally {
-      await server.stop();
     }
   }
 });
@@ -2316,14 +2407,16 @@ test("deno task client: a host with a port, or not allowed, is one line that say
   assert.equal(stdout, "");
   assert.equal(
     stderr,
-    "error: not allowed to send to NoSuch.invalid: run client.ts with --allow-net=nosuch.invalid,0.0.0.0\n",
+    "Sending a 13-byte datagram to nosuch.invalid:6789\n" +
+      "error: not allowed to send to NoSuch.invalid: run client.ts with --allow-net=nosuch.invalid\n",
   );
   // IPv6 in brackets, as --allow-net takes it, quoted for zsh.
   const v6 = await run("client", "-H", "2001:DB8::1");
   assert.equal(v6.code, 1);
   assert.equal(
     v6.stderr,
-    "error: not allowed to send to 2001:DB8::1: run client.ts with '--allow-net=[2001:db8::1],[::]'\n",
+    "Sending a 13-byte datagram to [2001:db8::1]:6789\n" +
+      "error: not allowed to send to 2001:DB8::1: run client.ts with '--allow-net=[2001:db8::1],[::]'\n",
   );
   // Neither task ever asks: a question at a terminal would wait for ever.
   assert.match(config.tasks.client, / --no-prompt /);
@@ -2331,8 +2424,8 @@ test("deno task client: a host with a port, or not allowed, is one line that say
 });
 
 test("deno task client -i from a pipe prints the replies that come after the input ends", async () => {
-  const server = await start({ echo: true });
-  try {
+  await using server = new FakeServer();
+  {
     await using client = task("client", [
       "-i",
       "-p",
@@ -2353,10 +2446,349 @@ test("deno task client -i from a pipe prints the replies that come after the inp
       `Sending each line to 127.0.0.1:${server.port}; Ctrl+D ends\n` +
         "error: line 1 is 70000 bytes, more than the 65507 a UDP datagram can carry; not sent\n",
     );
-  } finally {
-    await server.stop();
   }
 });
+
+test("deno task client --wait prints the server's reply, not a stranger's, and counts what it ignored", async () => {
+  const server = listen();
+  const stranger = listen();
+  try {
+    const port = (server.addr as Deno.NetAddr).port;
+    await using client = task("client", ["-p", String(port), "-w", "-x"]);
+    const [, from] = await receive(server);
+    await stranger.send(encoder.encode("fake"), from);
+    await stranger.send(new Uint8Array(), from);
+    await server.send(new Uint8Array([0xff, 0xfe, 0x00, 0x41]), from);
+    const { code, stdout, stderr } = await client.result();
+    assert.equal(code, 0, stderr);
+    assert.equal(
+      stdout,
+      `Message from 127.0.0.1:${port} (4 bytes): ff fe 00 41\n`,
+    );
+    assert.equal(
+      stderr,
+      `Sending a 13-byte datagram to 127.0.0.1:${port}\n` +
+        `Ignored 2 datagrams not from 127.0.0.1:${port}\n`,
+    );
+  } finally {
+    server.close();
+    stranger.close();
+  }
+});
+
+/** Sends `text` from `conn` to `to` every few ms until `done` settles; returns how many. */
+async function keepSending(
+  conn: Deno.DatagramConn,
+  to: Deno.Addr,
+  text: string,
+  done: Promise<unknown>,
+): Promise<number> {
+  let sent = 0;
+  let finished = false;
+  done.finally(() => finished = true);
+  // Bounded: 10 s at most, as within() allows.
+  while (!finished && sent < 2000) {
+    await conn.send(encoder.encode(text), to);
+    sent++;
+    let timer;
+    await Promise.race([
+      done,
+      new Promise((resolve) => timer = setTimeout(resolve, 5)),
+    ]);
+    clearTimeout(timer);
+  }
+  return sent;
+}
+
+test("deno task client -i ignores a stranger: not printed, and it does not prolong the wait", async () => {
+  const server = listen();
+  const stranger = listen();
+  try {
+    const port = (server.addr as Deno.NetAddr).port;
+    await using client = task(
+      "client",
+      ["-i", "-p", String(port), "-t", "200"],
+      "piped",
+    );
+    const input = client.process.stdin.getWriter();
+    await input.write(encoder.encode("one\n"));
+    const [data, from] = await receive(server);
+    assert.equal(decoder.decode(data), "one");
+    const ended = client.result();
+    const strangers = keepSending(stranger, from, "noise", ended);
+    await server.send(encoder.encode("reply"), from);
+    const closed = performance.now();
+    await input.close();
+    const { code, stdout, stderr } = await ended;
+    const took = performance.now() - closed;
+    const count = await strangers;
+    assert.equal(code, 0, stderr);
+    // 200 ms of quiet from the server: the stranger's datagrams do not count.
+    assert.ok(took < 900, `took ${took} ms`);
+    assert.equal(stdout, `Message from 127.0.0.1:${port}: reply\n`);
+    const [, ignored] = stderr.match(/\nIgnored (\d+) datagrams? not from /) ??
+      [];
+    assert.ok(Number(ignored) >= 1 && Number(ignored) <= count, stderr);
+  } finally {
+    server.close();
+    stranger.close();
+  }
+});
+
+test("deno task client -i stops 5 x --timeout after the input ends, however long the server talks", async () => {
+  const server = listen();
+  try {
+    const port = (server.addr as Deno.NetAddr).port;
+    await using client = task(
+      "client",
+      ["-i", "-p", String(port), "-t", "200"],
+      "piped",
+    );
+    const input = client.process.stdin.getWriter();
+    await input.write(encoder.encode("talk\n"));
+    const [, from] = await receive(server);
+    const ended = client.result();
+    const talking = keepSending(server, from, "more", ended);
+    const closed = performance.now();
+    await input.close();
+    const { code, stdout } = await ended;
+    const took = performance.now() - closed;
+    const count = await talking;
+    assert.equal(code, 0);
+    assert.ok(took >= 950 && took < 2500, `took ${took} ms`);
+    const lines = stdout.split("\n").slice(0, -1);
+    assert.ok(lines.length >= 10 && lines.length <= count, `${lines.length}`);
+    assert.ok(lines.every((line) => line.endsWith(": more")));
+  } finally {
+    server.close();
+  }
+});
+
+test("deno task client --rate --seq paces, numbers, and sums up on stderr, without progress when piped", async () => {
+  await using server = new FakeServer({ echo: false });
+  const port = String(server.port);
+  const start = performance.now();
+  const { code, stdout, stderr } = await run(
+    "client",
+    ...["-p", port, "--count", "50", "--rate", "100", "--seq", "tick"],
+  );
+  const took = performance.now() - start;
+  assert.equal(code, 0, stderr);
+  assert.equal(stdout, "");
+  assert.ok(took >= 490, `took ${took} ms`);
+  const [, seconds] = stderr.match(
+    new RegExp(
+      `^Sending a 4-byte datagram to 127\\.0\\.0\\.1:${port}, 50 times\n` +
+        "Sent 50 datagrams, 391 bytes in (0\\.\\d{3}|1\\.\\d) s: \\d+/s\n$",
+    ),
+  ) ?? [];
+  assert.ok(seconds, stderr);
+  assert.ok(Number(seconds) >= 0.49 && Number(seconds) < 1.5, seconds);
+  const texts = await server.waitFor(50);
+  assert.deepEqual(texts, texts.map((_, i) => `#${i + 1} tick`));
+});
+
+test("deno task client -H: a name that is not a host is a usage error, in one line", async () => {
+  const cases = [
+    [
+      "nonsense..host",
+      '--hostname must be a host name or an IP address, not "nonsense..host"',
+    ],
+    [".x", '--hostname must be a host name or an IP address, not ".x"'],
+  ];
+  for (const [host, message] of cases) {
+    await assertUsageError(
+      "client",
+      ["-H", host],
+      `error: ${message} (see --help)`,
+    );
+  }
+  // parseArgs' hint, on one line: no escaped line ends.
+  for (const args of [["--count", "-1"], ["-H", "-bad"]]) {
+    const { code, stderr } = await run("client", ...args);
+    assert.equal(code, 2);
+    assert.match(
+      stderr,
+      /^error: option '[^']*' argument is ambiguous: to specify an option argument starting with a dash use '--[a-z]+=-XYZ'.* \(see --help\)\n$/,
+    );
+    assert.doesNotMatch(stderr, /\\n/);
+  }
+});
+
+test("deno task client --help shows first the command that works for a copied file", async () => {
+  const { stdout } = await run("client", "--help");
+  assert.match(
+    stdout,
+    /^Usage: deno run --unstable-net --no-prompt '--allow-net=[^']*' client\.ts /,
+  );
+});
+
+test(
+  "deno task client on macOS refuses a message over 9,216 bytes, and names the sysctl",
+  {
+    ignore: Deno.build.os !== "darwin",
+  },
+  async () => {
+    const { code, stderr } = await run("client", "x".repeat(9217));
+    assert.equal(code, 1);
+    assert.match(
+      stderr,
+      /error: .*9217 bytes, more than the 9216 macOS sends by default: raise it with sudo sysctl -w net\.inet\.udp\.maxdgram=65535\n$/,
+    );
+  },
+);
+
+// At a terminal: python3's pty module gives the client a real terminal, and
+// types into it. Lines go from the script to the test on its stdout.
+const PTY_SCRIPT = `
+import os, pty, sys, time, select, json
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+screen = b""
+def until(pattern):
+    global screen
+    end = time.monotonic() + 10
+    while pattern not in screen:
+        left = end - time.monotonic()
+        ready = select.select([fd], [], [], max(left, 0))[0] if left > 0 else []
+        data = os.read(fd, 4096) if ready else b""
+        if not data:
+            print(json.dumps({"error": repr(pattern), "screen": screen.decode()}))
+            sys.exit(1)
+        screen += data
+def say(word):
+    print(word, flush=True)
+    sys.stdin.readline()
+until(b"> ")
+os.write(fd, b"first\\r")
+until(b"first")
+os.write(fd, b"half typed")
+until(b"half typed")
+say("typed")
+until(b"incoming")
+say("printed")
+os.write(fd, b"\\r")
+say("entered")
+os.write(fd, b"\\x04")
+try:
+    while data := os.read(fd, 4096):
+        screen += data
+except OSError:
+    pass
+status = os.waitpid(pid, 0)[1]
+print(json.dumps({"code": os.waitstatus_to_exitcode(status), "screen": screen.decode()}))
+`;
+
+/** The lines a terminal shows for `output`: \r, \x1b[K, \x1b[0J and \x1b[nG (and \x1b[nC) applied. */
+function render(output: string): string[] {
+  const lines: string[] = [];
+  for (const raw of output.split("\n")) {
+    let line = "";
+    let column = 0;
+    // deno-lint-ignore no-control-regex -- terminal escapes, on purpose
+    const re = /\x1b\[(\d*)([A-Za-z])|\r|[^\x1b\r]/gu;
+    for (const [token, number, command] of raw.matchAll(re)) {
+      if (token === "\r") column = 0;
+      else if (command === "G") column = Number(number || 1) - 1;
+      else if (command === "C") column += Number(number || 1);
+      else if (command === "K" || command === "J") line = line.slice(0, column);
+      else if (!command) {
+        line = line.padEnd(column).slice(0, column) + token +
+          line.slice(column + 1);
+        column++;
+      }
+    }
+    lines.push(line);
+  }
+  return lines;
+}
+
+test(
+  "deno task client -i at a terminal prints what arrives above the line being typed",
+  {
+    ignore: !PYTHON || Deno.build.os === "windows",
+  },
+  async () => {
+    const server = listen();
+    try {
+      const port = (server.addr as Deno.NetAddr).port;
+      await using typist = new Task([
+        ...taskArgs("client"),
+        ...["-i", "-p", String(port)],
+      ], { stdin: "piped", wrapper: ["python3", "-c", PTY_SCRIPT] });
+      const answer = typist.process.stdin.getWriter();
+      const [first, from] = await receive(server);
+      assert.equal(decoder.decode(first), "first");
+      await typist.waitFor("stdout", /^typed\n/m);
+      await answer.write(encoder.encode("\n"));
+      await server.send(encoder.encode("incoming"), from);
+      await typist.waitFor("stdout", /^printed\n/m);
+      await answer.write(encoder.encode("\n"));
+      // Enter sends what was typed, whole.
+      assert.equal(await receiveText(server), "half typed");
+      await typist.waitFor("stdout", /^entered\n/m);
+      await answer.write(encoder.encode("\n"));
+      await answer.close();
+      const { stdout } = await typist.result();
+      const { code, screen } = JSON.parse(stdout.split("\n").at(-2)!);
+      assert.equal(code, 0, screen);
+      const lines = render(screen);
+      const at = lines.findIndex((line) => line.includes("incoming"));
+      assert.equal(
+        lines[at],
+        `Message from 127.0.0.1:${port}: incoming`,
+        screen,
+      );
+      assert.equal(lines[at + 1], "> half typed", screen);
+      assert.deepEqual(lines.slice(-2), ["> ", ""], screen);
+    } finally {
+      server.close();
+    }
+  },
+);
+
+// Runs a command in a pseudo-terminal; prints its exit code and screen.
+const PTY_RUN = `
+import os, pty, sys, json
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+screen = b""
+try:
+    while data := os.read(fd, 4096):
+        screen += data
+except OSError:
+    pass
+status = os.waitpid(pid, 0)[1]
+print(json.dumps({"code": os.waitstatus_to_exitcode(status), "screen": screen.decode()}))
+`;
+
+test(
+  "deno task client at a terminal shows the progress of a long send on one line",
+  {
+    ignore: !PYTHON || Deno.build.os === "windows",
+  },
+  async () => {
+    await using server = new FakeServer({ echo: false });
+    await using child = new Task([
+      ...taskArgs("client"),
+      ...["-p", String(server.port), "-c", "300", "-r", "500"],
+    ], { wrapper: ["python3", "-c", PTY_RUN] });
+    const { stdout } = await child.result();
+    const { code, screen } = JSON.parse(stdout);
+    assert.equal(code, 0, screen);
+    // Redrawn in place, at most 4 times a second: 0.6 s, so 1 or 2 times.
+    const shown = screen.match(/\rSent \d+ of 300/g) ?? [];
+    assert.ok(shown.length >= 1 && shown.length <= 3, screen);
+    const lines = render(screen);
+    assert.match(
+      lines.at(-2)!,
+      /^Sent 300 datagrams, 3,900 bytes in 0\.\d{3} s: \d+\/s$/,
+    );
+    assert.equal((await server.waitFor(300)).length, 300);
+  },
+);
 
 test("deno task client ends with exit code 141 when the reader of its output goes away", async () => {
   const server = listen();
@@ -2376,13 +2808,84 @@ test("deno task client ends with exit code 141 when the reader of its output goe
   }
 });
 
-test("printable() of client.ts escapes as server.ts does", () => {
+test("client.ts escapes and hex-dumps every datagram as server.ts does", () => {
   const hostile = "\x1b[2J\r\n\u2028\u2029\u202e\u2066\ufeff\\x1b \u0085 é";
   assert.equal(
     printable(hostile),
-    "\\x1b[2J\\r\\n\\u2028\\u2029\\u202e\\u2066\\ufeff\\\\x1b \\x85 é",
+    "\\x1b[2J\\r\\n\\u2028\\u2029\\u202e\\u2066\\ufeff\\\\x1b \\u0085 é",
   );
   assert.equal(clientPrintable(hostile), printable(hostile));
+  const next = random(3);
+  for (const data of datagrams(1000, 7)) {
+    const columns = next(2) ? Infinity : 20 + next(100);
+    for (
+      const [server, client] of [[escapeInto, clientEscapeInto], [
+        hexInto,
+        clientHexInto,
+      ]]
+    ) {
+      const a = new Uint8Array(MAX_EXPANSION * data.length + MARKER_ROOM);
+      const b = new Uint8Array(a.length);
+      assert.deepEqual(
+        b.subarray(0, client(data, b, 0, columns)),
+        a.subarray(0, server(data, a, 0, columns)),
+      );
+    }
+  }
+});
+
+test("the helpers client.ts copies from server.ts are the same code", async () => {
+  const [server, client] = await Promise.all(
+    ["server.ts", "client.ts"].map((file) =>
+      Deno.readTextFile(new URL(file, ROOT))
+    ),
+  );
+  // Each runs alone, so each has its own copy: they must not drift apart.
+  const copied = [
+    "escapeInto",
+    "hexInto",
+    "printable",
+    "isHidden",
+    "isPlain",
+    "decode",
+    "utf8Length",
+    "writeShort",
+    "writeByte",
+    "writeCodePoint",
+    "marker",
+    "writeMarker",
+    "formatAddress",
+    "bracketed",
+    "plural",
+    "reason",
+    "lowerFirst",
+    "canonicalHost",
+  ];
+  const source = (text: string, name: string) => {
+    const found = text.match(
+      new RegExp(`^(?:export )?function ${name}\\b[^]*?^}$`, "m"),
+    );
+    assert.ok(found, `${name} is in both files`);
+    return found[0].replace(/^export /, "");
+  };
+  for (const name of copied) {
+    assert.equal(source(client, name), source(server, name), name);
+  }
+  // And the constants of the escaping.
+  for (
+    const name of [
+      "MAX_EXPANSION",
+      "MARKER_ROOM",
+      "HIDDEN",
+      "SHORT",
+      "MIN_CODE_POINT",
+    ]
+  ) {
+    const line = (text: string) =>
+      text.match(new RegExp(`^(?:export )?const ${name} = .*$`, "m"))?.[0]
+        .replace(/^export /, "");
+    assert.equal(line(client), line(server), name);
+  }
 });
 
 test("deno task server: a hostile host name is printed escaped, on one line", async () => {
