@@ -1034,13 +1034,12 @@ export class SequenceStats {
     const total = { ...this.#forgottenCounts };
     for (const [, { counts }] of senders) add(total, counts);
     if (total.received === 0) return [];
-    const all = plural(senders.length + this.#forgotten, "sender");
-    return [
-      ...senders.slice(0, TOP_SENDERS).map(([key, { counts }]) =>
-        `${key}: ${describe(counts)}`
-      ),
-      `${all}: ${describe(total)}`,
-    ];
+    const lines = senders.slice(0, TOP_SENDERS).map(([key, { counts }]) =>
+      `${key}: ${describe(counts)}`
+    );
+    const all = senders.length + this.#forgotten;
+    if (all > 1) lines.push(`${plural(all, "sender")}: ${describe(total)}`);
+    return lines;
   }
 
   #sender(from: Deno.NetAddr): Sender {

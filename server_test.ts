@@ -1377,7 +1377,6 @@ test("SequenceStats counts a gap as lost, a late number as out of order, a repea
   count([1, 2, 4, 5, 3, 3, 7, 8, "plain", 10]);
   assert.deepEqual(stats.summary(), [
     "127.0.0.1:5000: 10 received, 2 lost (20.0%), 1 duplicated, 1 out of order, 1 unnumbered, 1,000/s",
-    "1 sender: 10 received, 2 lost (20.0%), 1 duplicated, 1 out of order, 1 unnumbered, 1,000/s",
   ]);
 });
 
@@ -1986,6 +1985,47 @@ test(
     assert.match(
       stderr,
       /\nReceived 4 datagrams, 65,531 bytes; 2 chat members\n$/,
+    );
+  },
+);
+
+test(
+  "deno task server --stats counts what client --seq numbered: received, lost, in order",
+  {
+    ignore: NO_SIGINT,
+  },
+  async () => {
+    await using server = script("server", ["--port", "0", "--stats", "--hex"]);
+    const port = String(await server.port());
+    await using client = script("client", [
+      "--port",
+      port,
+      "--count",
+      "20",
+      "--rate",
+      "1000",
+      "--seq",
+      "tick",
+    ]);
+    const sent = await client.result();
+    assert.equal(sent.code, 0);
+    assert.match(
+      sent.stderr,
+      /\nSent 20 datagrams, 151 bytes in [\d.]+ s: [\d,]+\/s\n$/,
+    );
+    // #10 and #20 are the last of their lengths: all 20 have been printed.
+    await server.waitFor("stdout", /\(8 bytes\): 23 32 30 20 74 69 63 6b\n/);
+    server.process.kill("SIGINT");
+    const { code, stdout, stderr } = await server.result();
+    assert.equal(code, 0);
+    assert.equal(stdout.split("\n").length, 21);
+    assert.match(
+      stdout,
+      /^Message from 127\.0\.0\.1:\d+ \(7 bytes\): 23 31 20 74 69 63 6b\n/,
+    );
+    assert.match(
+      stderr,
+      /\nReceived 20 datagrams, 151 bytes\n127\.0\.0\.1:\d+: 20 received, 0 lost \(0\.0%\), 0 duplicated, 0 out of order, [\d,]+\/s\n$/,
     );
   },
 );
