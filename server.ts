@@ -1243,7 +1243,7 @@ function lowerFirst(text: string): string {
 
 const USAGE =
   `Usage: deno run --unstable-net --no-prompt '--allow-net=127.0.0.1,[::1],localhost' server.ts [options]
-   or, in this project's folder: deno task server [options]
+   or, in this project (deno.json gives those flags): deno task server [options]
 
 Prints every UDP datagram that arrives, one line each, with its sender.
 
@@ -1254,10 +1254,10 @@ Options:
       --stats            follow the numbers that \`client --seq\` puts first
                          (#1, #2, ...): say what was lost, duplicated or out of
                          order, and the rate, when stopped
-      --echo             send every datagram back to its sender (at most
-                         ${REPLY_RATE} a second to each; a datagram that comes back
-                         within ${LOOP_MS} ms of our reply is taken for that reply, reflected
-                         by an echo service, and not answered)
+      --echo             send every datagram back to its sender, at most
+                         ${REPLY_RATE} a second to each; one that comes back within
+                         ${LOOP_MS} ms of our reply of the same bytes is that reply,
+                         reflected by an echo service: it is not answered
       --chat             relay every datagram to the other chat members: the
                          addresses that sent one in the last ${CHAT_IDLE_MINUTES} minutes
                          (at most ${CHAT_MAX_MEMBERS}; ${RELAY_RATE} relays a second each)
