@@ -585,6 +585,7 @@ export function escapeInto(
         shown = true;
       }
     }
+    if (columns === Infinity) continue; // not at a terminal: nothing to cut
     // Columns: a character above ASCII may be wide, so it counts 2; the rest
     // is ASCII, one column a byte.
     width += shown ? 2 : o - start;

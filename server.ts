@@ -1,12 +1,8 @@
 /**
- * A UDP server: the classic Python tutorial's `recvfrom` loop, in Deno.
- *
- * It binds 127.0.0.1:6789 and prints every datagram that arrives as one line,
- * `Message from <sender>: <text>`. The README explains each flag:
- *
- * ```sh
- * deno run --unstable-net --no-prompt '--allow-net=127.0.0.1,[::1],localhost' server.ts
- * ```
+ * A UDP server: the classic Python tutorial's `recvfrom` loop, in Deno. It
+ * prints each datagram sent to 127.0.0.1:6789 as one line, `Message from
+ * <sender>: <text>`. Run it so (the README explains each flag):
+ * `deno run --unstable-net --no-prompt '--allow-net=127.0.0.1,[::1],localhost' server.ts`
  *
  * @module
  */
@@ -17,41 +13,39 @@ export const DEFAULT_HOSTNAME = "127.0.0.1";
 /** The tutorial's port. */
 export const DEFAULT_PORT = 6789;
 
-/**
- * The tutorial's server: binds a UDP socket and hands every datagram that
- * arrives to `handler` (in the tutorial, a print), until `signal` aborts.
- */
+/** The tutorial's server: binds, then hands each datagram to `handler` (a print, in the tutorial) until `signal` aborts. */
 export async function serve(options: ServeOptions, handler: Handler) {
   const { hostname = DEFAULT_HOSTNAME, port = DEFAULT_PORT, signal } = options;
   // 1. Bind. There is no listen() or accept(): UDP has no connections, so
   // this one socket receives from every sender.
   const conn = Deno.listenDatagram({ transport: "udp", hostname, port });
-  // A stop closes the socket, once: the receive() under way fails, and the
-  // loop ends. Aborting the signal stops it; so does leaving the loop.
-  const stopped = Promise.withResolvers<void>();
-  stopped.promise.then(() => conn.close());
-  const stop = () => stopped.resolve();
+  // A stop closes the socket, once: the receive() under way then fails.
+  let open = true;
+  const stop = () => {
+    if (open) conn.close();
+    open = false;
+  };
   signal?.addEventListener("abort", stop);
-  if (signal?.aborted) stop();
   try {
     options.onListen?.(conn.addr as Deno.NetAddr);
+    if (signal?.aborted) return;
     // 2. Loop on recvfrom(). The tutorial's recvfrom(1024) keeps 1024 bytes
     // of a datagram; 64 KiB holds the largest. One buffer serves them all.
     const buffer = new Uint8Array(65_536);
     while (true) {
-      let received;
+      let data, from;
       try {
-        received = await conn.receive(buffer);
+        [data, from] = await conn.receive(buffer);
       } catch (error) {
         if (isClosed(error)) break; // stopped
-        if (error instanceof Deno.errors.ConnectionReset) continue; // Windows
+        // Windows: an earlier reply found no listener. Not this datagram's.
+        if (error instanceof Deno.errors.ConnectionReset) continue;
         throw error;
       }
       // 3. Print it: the handler does (see `Printer`). A handler that returns
       // a promise is waited for: it cannot keep up, so read no more for now.
-      const [data, from] = received;
       const pending = handler(data, from as Deno.NetAddr, conn);
-      if (pending) await Promise.race([pending, stopped.promise]);
+      if (pending) await settled(pending, signal);
     }
   } finally {
     signal?.removeEventListener("abort", stop);
@@ -80,6 +74,23 @@ export interface ServeOptions {
   signal?: AbortSignal;
   /** Called once the socket is bound, with its address (and the port chosen for port 0). */
   onListen?: (addr: Deno.NetAddr) => void;
+}
+
+/**
+ * Waits until `promise` settles, or `signal` aborts: a stop must not wait for
+ * a handler held up by a stuck output. (Each wait takes its listener off
+ * again: a server runs for long, and waits often.)
+ */
+async function settled(promise: Promise<void>, signal?: AbortSignal) {
+  if (!signal) return await promise;
+  let abort = () => {};
+  const aborted = new Promise<void>((resolve) => abort = resolve);
+  signal.addEventListener("abort", abort);
+  try {
+    await Promise.race([promise, aborted]);
+  } finally {
+    signal.removeEventListener("abort", abort);
+  }
 }
 
 /** Whether `error` says that the socket was closed, which is how the loop ends. */
@@ -486,6 +497,7 @@ export function escapeInto(
         shown = true;
       }
     }
+    if (columns === Infinity) continue; // not at a terminal: nothing to cut
     // Columns: a character above ASCII may be wide, so it counts 2; the rest
     // is ASCII, one column a byte.
     width += shown ? 2 : o - start;
@@ -723,7 +735,8 @@ export class RateLimit {
 
 // A loop with an echo service, or between two echo servers, sends the same
 // bytes back within a round trip: well under LOOP_MS on a LAN. A person, or a
-// game at 60 or even 100 datagrams a second, sends its next datagram later.
+// game at 60 datagrams a second, sends its next datagram later. (Two servers
+// further apart than LOOP_MS are not caught so: REPLY_RATE bounds that loop.)
 const LOOP_MS = 10;
 // Each peer's recent sends are remembered, at most this many.
 const LOOP_MEMORY = 64;
@@ -801,7 +814,7 @@ export type Warn = (kind: string, text: string) => void;
 // server's reply would. Replies to one address: REPLY_BURST at once, then
 // REPLY_RATE a second.
 const REPLY_BURST = 100;
-const REPLY_RATE = 50;
+const REPLY_RATE = 100;
 
 /** A `Handler` that sends each datagram back to its sender, unless a defence says not to. */
 export function echo(warn: Warn): Handler {
@@ -843,7 +856,7 @@ const RELAY_BURST = 10;
 const RELAY_RATE = 2;
 // Newcomers are admitted JOIN_BURST at once, then JOIN_RATE a second: each
 // new member costs a relay to every other one, and forged ones come cheap.
-const JOIN_BURST = 10;
+const JOIN_BURST = CHAT_MAX_MEMBERS;
 const JOIN_RATE = 5;
 // A relay is marked `<127.0.0.1:51610> `; a datagram that already has such a
 // mark comes from another chat server, and relaying it on would loop.
@@ -956,7 +969,10 @@ function latin1(data: Uint8Array): string {
 // that a late datagram fills is no loss: that datagram is out of order.
 
 // Each sender's last SEQUENCE_WINDOW numbers are remembered, to tell a
-// duplicate from a late arrival; one further behind counts as "too late".
+// duplicate from a late arrival. A number further than that from the highest
+// is a jump: a client started again, or a forged number. It starts a new run
+// of numbers, and loss is counted within each run: one forged `#999999999`
+// cannot claim a billion datagrams lost.
 // At most MAX_SENDERS senders are followed, since forged sources have no end:
 // the one heard longest ago makes room, and its counts go to the total.
 const SEQUENCE_WINDOW = 1024;
@@ -983,8 +999,8 @@ export interface SequenceCounts {
   duplicated: number;
   /** Datagrams that came after a higher number. */
   outOfOrder: number;
-  /** Datagrams more than SEQUENCE_WINDOW numbers behind the highest. */
-  tooLate: number;
+  /** Datagrams numbered SEQUENCE_WINDOW or more from the highest: each starts a new run. */
+  jumps: number;
   /** When the first datagram came, in ms. */
   first: number;
   /** When the last datagram that read the clock came. */
@@ -1067,31 +1083,41 @@ export class SequenceStats {
 /** One sender's counts, and its last SEQUENCE_WINDOW numbers. */
 class Sender {
   counts: SequenceCounts = newCounts(0);
+  // This run of numbers: lowest and highest, how many came; and the runs
+  // before it.
   #lowest = 0;
   #highest = 0;
   #distinct = 0;
+  #before = { expected: 0, lost: 0 };
   // Number n, once it came, at n % SEQUENCE_WINDOW: a ring that needs no
-  // clearing, since each slot says which number it holds.
+  // clearing as numbers grow, since each slot says which number it holds.
   #seen = new Uint32Array(SEQUENCE_WINDOW);
 
   /** Notes that number `n` (1 or more) came. */
   see(n: number) {
     const counts = this.counts;
-    const slot = n % SEQUENCE_WINDOW;
-    if (n <= this.#highest - SEQUENCE_WINDOW) counts.tooLate++;
-    else if (this.#seen[slot] === n) counts.duplicated++;
-    else {
-      if (this.#highest === 0) this.#lowest = n;
-      if (n > this.#highest) this.#highest = n;
-      else {
-        counts.outOfOrder++;
-        this.#lowest = Math.min(this.#lowest, n);
-      }
-      this.#seen[slot] = n;
-      this.#distinct++;
-      counts.expected = this.#highest - this.#lowest + 1;
-      counts.lost = counts.expected - this.#distinct;
+    if (this.#highest > 0 && Math.abs(n - this.#highest) >= SEQUENCE_WINDOW) {
+      counts.jumps++;
+      this.#before = { expected: counts.expected, lost: counts.lost };
+      this.#highest = this.#distinct = 0;
+      this.#seen.fill(0);
     }
+    const slot = n % SEQUENCE_WINDOW;
+    if (this.#seen[slot] === n) {
+      counts.duplicated++;
+      return;
+    }
+    if (this.#highest === 0) this.#lowest = this.#highest = n;
+    else if (n > this.#highest) this.#highest = n;
+    else {
+      counts.outOfOrder++;
+      this.#lowest = Math.min(this.#lowest, n);
+    }
+    this.#seen[slot] = n;
+    this.#distinct++;
+    const expected = this.#highest - this.#lowest + 1;
+    counts.expected = this.#before.expected + expected;
+    counts.lost = this.#before.lost + expected - this.#distinct;
   }
 }
 
@@ -1118,7 +1144,7 @@ function newCounts(first: number): SequenceCounts {
     expected: 0,
     duplicated: 0,
     outOfOrder: 0,
-    tooLate: 0,
+    jumps: 0,
     first,
     last: first,
     timed: 0,
@@ -1138,7 +1164,7 @@ function add(total: SequenceCounts, counts: SequenceCounts) {
   total.expected += counts.expected;
   total.duplicated += counts.duplicated;
   total.outOfOrder += counts.outOfOrder;
-  total.tooLate += counts.tooLate;
+  total.jumps += counts.jumps;
 }
 
 /** `9,620 received, 380 lost (3.8%), 0 duplicated, 12 out of order, 9,950/s` */
@@ -1154,7 +1180,7 @@ function describe(counts: SequenceCounts): string {
       `${thousands(counts.outOfOrder)} out of order`,
     );
   }
-  if (counts.tooLate > 0) parts.push(`${thousands(counts.tooLate)} too late`);
+  if (counts.jumps > 0) parts.push(plural(counts.jumps, "jump"));
   if (counts.unnumbered > 0) {
     parts.push(`${thousands(counts.unnumbered)} unnumbered`);
   }
@@ -1264,12 +1290,12 @@ Options:
   -h, --help             show this help`;
 
 // Exit codes: 0 stopped with every line written; 1 a failure, or lines that
-// the output did not take within 0.75 s of the stop; 2 a usage error; 141
+// the output did not take within 0.7 s of the stop; 2 a usage error; 141
 // the output's reader went away (128 + SIGPIPE, as for `yes | head`).
 const EXIT_CLOSED = 141;
 // On a stop, stdout gets this long to take the lines still waiting, and
 // stderr a little more for the summary: the process ends within 1 s.
-const STOP_GRACE_MS = 750;
+const STOP_GRACE_MS = 700;
 const SUMMARY_GRACE_MS = 200;
 
 class UsageError extends Error {}
@@ -1400,11 +1426,15 @@ async function run(
   });
   const room = options.chat ? new ChatRoom() : undefined;
   const stats = options.stats ? new SequenceStats() : undefined;
-  const handlers = [printer.print];
-  if (stats) handlers.push(stats.count);
+  // Replies first: they read the clock as the datagram comes, not after it
+  // is printed.
+  const handlers = [];
   if (options.echo) handlers.push(echo(warnings.warn));
   if (room) handlers.push(chat(room, warnings.warn));
-  const handler = handlers.length === 1 ? printer.print : all(...handlers);
+  if (stats) handlers.push(stats.count);
+  const handler = handlers.length === 0
+    ? printer.print
+    : all(...handlers, printer.print);
   const mode = options.echo ? " (echo)" : room ? " (chat)" : "";
   let listening = false;
   let code = 0;
