@@ -83,6 +83,7 @@ export interface ServeOptions {
  */
 async function settled(promise: Promise<void>, signal?: AbortSignal) {
   if (!signal) return await promise;
+  promise.catch(() => {}); // if it fails after a stop, nobody is waiting
   let abort = () => {};
   const aborted = new Promise<void>((resolve) => abort = resolve);
   signal.addEventListener("abort", abort);
@@ -150,16 +151,14 @@ interface Chunk {
  * background, in order, whole lines at a time. Nothing here ever blocks.
  */
 export class Output {
-  /** The chunk that lines are put in. */
-  buffer: Uint8Array = new Uint8Array(CHUNK_SIZE);
-  /** Why the writer failed, if it did: `BrokenPipe` when its reader went away. */
-  error: Error | undefined;
   /** Lines dropped by `print()` because too many were waiting. */
   dropped = 0;
   #writer: Writer;
   #onError: (error: Error) => void;
-  #length = 0; // of the lines in `buffer`
-  #lines = 0; // in `buffer`
+  #error: Error | undefined;
+  #chunk: Uint8Array = new Uint8Array(CHUNK_SIZE); // the lines being collected
+  #length = 0; // of the lines in #chunk
+  #lines = 0; // in #chunk
   #added = 0;
   #written = 0;
   #queue: Chunk[] = [];
@@ -177,6 +176,11 @@ export class Output {
     this.#onError = onError;
   }
 
+  /** Why the writer failed, if it did: `BrokenPipe` when its reader went away. */
+  get error(): Error | undefined {
+    return this.#error;
+  }
+
   /** Whether 1 MiB of lines or more is waiting. */
   get full(): boolean {
     return this.#queued >= QUEUE_LIMIT;
@@ -192,17 +196,17 @@ export class Output {
   append(line: Uint8Array) {
     // A line that fits in a chunk is never cut across two: a pipe takes
     // whole lines of 4096 bytes or less in one piece (see PIECE_SIZE).
-    if (this.#length + line.length > this.buffer.length) this.#flush();
+    if (this.#length + line.length > this.#chunk.length) this.#flush();
     let rest = line;
-    while (this.#length + rest.length > this.buffer.length) {
+    while (this.#length + rest.length > this.#chunk.length) {
       // Longer than a chunk: it fills this one and goes on in the next.
-      const room = this.buffer.length - this.#length;
-      this.buffer.set(rest.subarray(0, room), this.#length);
+      const room = this.#chunk.length - this.#length;
+      this.#chunk.set(rest.subarray(0, room), this.#length);
       this.#length += room;
       rest = rest.subarray(room);
       this.#flush();
     }
-    this.buffer.set(rest, this.#length);
+    this.#chunk.set(rest, this.#length);
     this.#length += rest.length;
     this.#lines++;
     this.#added++;
@@ -252,11 +256,11 @@ export class Output {
     this.#timer = undefined;
     if (this.#length === 0) return;
     this.#queue.push({
-      bytes: this.buffer.subarray(0, this.#length),
+      bytes: this.#chunk.subarray(0, this.#length),
       lines: this.#lines,
     });
     this.#queued += this.#length;
-    this.buffer = this.#spare.pop() ?? new Uint8Array(CHUNK_SIZE);
+    this.#chunk = this.#spare.pop() ?? new Uint8Array(CHUNK_SIZE);
     this.#length = 0;
     this.#lines = 0;
     this.#writing ??= this.#write();
@@ -266,7 +270,7 @@ export class Output {
   async #write() {
     const stopped = this.#stopped.signal;
     try {
-      while (this.#queue.length > 0 && !this.error && !stopped.aborted) {
+      while (this.#queue.length > 0 && !this.#error && !stopped.aborted) {
         await this.#writeSome();
       }
     } finally {
@@ -288,9 +292,9 @@ export class Output {
       if (error instanceof Deno.errors.WouldBlock) {
         return await delay(RETRY_MS, this.#stopped.signal);
       }
-      this.error = error instanceof Error ? error : new Error(String(error));
+      this.#error = error instanceof Error ? error : new Error(String(error));
       this.#room?.resolve();
-      return this.#onError(this.error);
+      return this.#onError(this.#error);
     }
     if (this.#offset < bytes.length) return;
     this.#queue.shift();
@@ -735,46 +739,47 @@ export class RateLimit {
 
 // A loop with an echo service, or between two echo servers, sends the same
 // bytes back within a round trip: well under LOOP_MS on a LAN. A person, or a
-// game at 60 datagrams a second, sends its next datagram later. (Two servers
-// further apart than LOOP_MS are not caught so: REPLY_RATE bounds that loop.)
+// game at 60 datagrams a second, sends its next datagram later. So bytes that
+// come straight back (within LOOP_MS of our reply) LOOP_LIMIT times are a
+// loop, and are not answered again. (A client that pastes the same line three
+// times gets two echoes. Two servers further apart than LOOP_MS are not
+// caught so: REPLY_RATE bounds such a loop.)
 const LOOP_MS = 10;
-// Each peer's recent sends are remembered, at most this many.
+const LOOP_LIMIT = 2;
+// Each peer's sends of the last LOOP_MS are remembered, at most this many.
 const LOOP_MEMORY = 64;
 
-/**
- * What was sent to each peer in the last LOOP_MS, to tell an echo loop from a
- * client that repeats itself: a datagram that matches one of them is our own
- * reply come back.
- */
+/** What was sent to each peer in the last LOOP_MS: to tell an echo loop from a client that repeats itself. */
 export class EchoLoops {
-  #sent = new Map<string, { hash: number; at: number }[]>();
+  #peers = new Map<string, { hash: number; at: number; bounces: number }[]>();
 
-  /** Notes that `data` was sent to `key` at time `now` (ms). */
-  sent(key: string, data: Uint8Array, now: number) {
-    const recent = this.#recent(key, now) ?? [];
-    if (recent.length >= LOOP_MEMORY) recent.shift();
-    recent.push({ hash: hash(data), at: now });
-    this.#sent.delete(key); // to the end: sent to last
-    if (this.#sent.size >= 4096) {
-      this.#sent.delete(this.#sent.keys().next().value!);
-    }
-    this.#sent.set(key, recent);
+  /** How many times `data` has come straight back from `key` by `now` (ms): 0 if it was not just sent there. */
+  bounces(key: string, data: Uint8Array, now: number): number {
+    const sent = this.#recent(key, now);
+    if (!sent) return 0; // the common case: no hash to compute
+    const h = hash(data);
+    const last = sent.findLast((datagram) => datagram.hash === h);
+    return last ? last.bounces + 1 : 0;
   }
 
-  /** Whether `data` from `key` is what was sent to it less than LOOP_MS before `now`. */
-  cameBack(key: string, data: Uint8Array, now: number): boolean {
-    const recent = this.#recent(key, now);
-    if (!recent) return false; // the common case: no hash to compute
-    const h = hash(data);
-    return recent.some((sent) => sent.hash === h);
+  /** Notes that `data`, back for the `bounces`-th time, was sent to `key` at `now`. */
+  sent(key: string, data: Uint8Array, now: number, bounces: number) {
+    const sent = this.#recent(key, now) ?? [];
+    if (sent.length >= LOOP_MEMORY) sent.shift();
+    sent.push({ hash: hash(data), at: now, bounces });
+    this.#peers.delete(key); // to the end: sent to last
+    if (this.#peers.size >= 4096) {
+      this.#peers.delete(this.#peers.keys().next().value!);
+    }
+    this.#peers.set(key, sent);
   }
 
   /** What was sent to `key` in the last LOOP_MS, if anything. */
   #recent(key: string, now: number) {
-    const recent = this.#sent.get(key);
-    while (recent?.length && now - recent[0].at >= LOOP_MS) recent.shift();
-    if (recent?.length) return recent;
-    this.#sent.delete(key);
+    const sent = this.#peers.get(key);
+    while (sent?.length && now - sent[0].at >= LOOP_MS) sent.shift();
+    if (sent?.length) return sent;
+    this.#peers.delete(key);
   }
 }
 
@@ -825,8 +830,12 @@ export function echo(warn: Warn): Handler {
     const key = formatAddress(from);
     const refused = refusal(conn.addr as Deno.NetAddr, from);
     if (refused) return warn("refused", `not replying to ${key}: ${refused}`);
-    if (loops.cameBack(key, data, now)) {
-      return warn("loop", `not replying to ${key}: it sent back our reply`);
+    const bounces = loops.bounces(key, data, now);
+    if (bounces >= LOOP_LIMIT) {
+      return warn(
+        "loop",
+        `not replying to ${key}: what it sent came straight back ${bounces} times (an echo loop)`,
+      );
     }
     if (!rate.take(key, now)) {
       return warn(
@@ -834,7 +843,9 @@ export function echo(warn: Warn): Handler {
         `not replying to ${key}: more than ${REPLY_RATE} a second`,
       );
     }
-    if (await sendTo(conn, data, from, warn)) loops.sent(key, data, now);
+    if (await sendTo(conn, data, from, warn)) {
+      loops.sent(key, data, now, bounces);
+    }
   };
 }
 
@@ -1293,9 +1304,10 @@ Options:
 // the output did not take within 0.7 s of the stop; 2 a usage error; 141
 // the output's reader went away (128 + SIGPIPE, as for `yes | head`).
 const EXIT_CLOSED = 141;
-// On a stop, stdout gets this long to take the lines still waiting, and
-// stderr a little more for the summary: the process ends within 1 s.
-const STOP_GRACE_MS = 700;
+// On a stop, all is written within STOP_GRACE_MS, or given up: the lines
+// still waiting until SUMMARY_GRACE_MS before it, then the summary. So the
+// process ends within 1 s, whatever stdout and stderr do.
+const STOP_GRACE_MS = 900;
 const SUMMARY_GRACE_MS = 200;
 
 class UsageError extends Error {}
@@ -1365,11 +1377,10 @@ async function main(args: string[]): Promise<number> {
   const out = new Output(Deno.stdout, () => controller.abort());
   const err = new Output(Deno.stderr);
   const code = await run(args, { out, err, controller });
-  // Then the last lines get a little time, but never so long as to hang.
-  await Promise.all([
-    out.finish(performance.now() + STOP_GRACE_MS),
-    err.finish(performance.now() + SUMMARY_GRACE_MS),
-  ]);
+  // The last lines (an error, the help) get a little time, never so long as
+  // to hang. (A server that ran has finished both already.)
+  const until = performance.now() + SUMMARY_GRACE_MS;
+  await Promise.all([out.finish(until), err.finish(until)]);
   return code;
 }
 
@@ -1455,28 +1466,50 @@ async function run(
     if (!listening) return 1;
     code = 1;
   }
-  const unwritten = await out.finish(performance.now() + STOP_GRACE_MS);
-  const members = room ? `; ${plural(room.size, "chat member")}` : "";
+  // The stop: the lines still waiting get until shortly before the deadline,
+  // the summary the rest. However stdout and stderr do, it ends within 1 s.
+  const deadline = performance.now() + STOP_GRACE_MS;
+  const unwritten = await out.finish(deadline - SUMMARY_GRACE_MS);
   const hidden = warnings.held + err.dropped;
+  const summary = summarize(printer, { out, unwritten, hidden, room });
+  for (const line of [...summary.lines, ...stats?.summary() ?? []]) {
+    err.print(line);
+  }
+  await err.finish(deadline);
+  return summary.code || code;
+}
+
+/** What the server says on stderr when it stops, and its exit code. */
+function summarize(
+  printer: Printer,
+  { out, unwritten, hidden, room }: {
+    out: Output;
+    unwritten: number;
+    hidden: number;
+    room?: ChatRoom;
+  },
+): { lines: string[]; code: number } {
+  const members = room ? `; ${plural(room.size, "chat member")}` : "";
   const notShown = hidden > 0 ? `; ${plural(hidden, "warning")} not shown` : "";
-  let summary = `Received ${plural(printer.datagrams, "datagram")}, ${
+  const received = `Received ${plural(printer.datagrams, "datagram")}, ${
     plural(printer.bytes, "byte")
   }${members}${notShown}`;
   const lost = `${plural(unwritten, "line")} not written`;
   if (out.error instanceof Deno.errors.BrokenPipe) {
-    summary += `; the output was closed, ${lost}`;
-    code = EXIT_CLOSED;
-  } else if (out.error) {
-    err.print(`error: cannot write the output: ${reason(out.error)}`);
-    summary += `; ${lost}`;
-    code = 1;
-  } else if (unwritten > 0) {
-    summary += `; ${lost}: the output did not take them in time`;
-    code = 1;
+    return {
+      lines: [`${received}; the output was closed, ${lost}`],
+      code: EXIT_CLOSED,
+    };
   }
-  err.print(summary);
-  for (const line of stats?.summary() ?? []) err.print(line);
-  return code;
+  if (out.error) {
+    const why = `error: cannot write the output: ${reason(out.error)}`;
+    return { lines: [why, `${received}; ${lost}`], code: 1 };
+  }
+  if (unwritten > 0) {
+    const late = `${received}; ${lost}: the output did not take them in time`;
+    return { lines: [late], code: 1 };
+  }
+  return { lines: [received], code: 0 };
 }
 
 /** "1 datagram", "7,800 bytes". */

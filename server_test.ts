@@ -731,8 +731,21 @@ test("Printer.print returns a promise only when the output is full, which resolv
   assert.equal(settled, false, "resolved before any room was made");
   release.resolve();
   await within("room", pending);
+  // Full a second time: a new wait, not the room of the first one.
+  const again = Promise.withResolvers<void>();
+  collector.held = again.promise;
+  let second;
+  for (let i = 0; !second && i < 100; i++) {
+    second = printer.print(data, udp("127.0.0.1", 5), conn);
+  }
+  assert.ok(second, "the output never became full again");
+  let settledAgain = false;
+  second.then(() => settledAgain = true);
+  await nextTurn();
+  assert.equal(settledAgain, false, "the second wait resolved at once");
+  again.resolve();
+  await within("room again", second);
   assert.equal(await finish(output), 0);
-  assert.equal(collector.lines.length, count);
 });
 
 // The defences of a server that replies: in process, with explicit clocks.
@@ -831,47 +844,51 @@ test("RateLimit keeps at most its bound of keys, however many come", () => {
   assert.ok(byDefault.size <= 4096, `${byDefault.size} keys`);
 });
 
-test("EchoLoops catches two, three and ten different datagrams in flight at once", () => {
+test("EchoLoops catches one, two, three and ten different datagrams in flight at once, the second time back", async () => {
+  const limit = await constantOf("LOOP_LIMIT");
   for (const count of [1, 2, 3, 10]) {
     const loops = new EchoLoops();
     const data = Array.from(
       { length: count },
       (_, i) => encoder.encode(`forged ${i}`),
     );
-    // Each is sent, then comes back 0.2 ms later, after the others were sent.
-    data.forEach((bytes, i) => loops.sent("peer", bytes, i * 0.1));
-    data.forEach((bytes, i) => {
-      const at = i * 0.1 + 0.2;
-      assert.equal(loops.cameBack("peer", bytes, at), true, `${i} of ${count}`);
-    });
-    assert.equal(
-      loops.cameBack("peer", encoder.encode("new"), 1),
-      false,
-      "something new",
-    );
-    assert.equal(loops.cameBack("other", data[0], 1), false, "another peer");
+    // Each is sent, and comes straight back 0.2 ms later, round after round:
+    // answered until it has bounced LOOP_LIMIT times.
+    let now = 0;
+    data.forEach((bytes) => loops.sent("peer", bytes, now += 0.1, 0));
+    for (let round = 1; round <= limit; round++) {
+      for (const bytes of data) {
+        const bounces = loops.bounces("peer", bytes, now += 0.1);
+        assert.equal(bounces, round, `${count} in flight, round ${round}`);
+        loops.sent("peer", bytes, now, bounces);
+      }
+    }
+    assert.equal(loops.bounces("peer", encoder.encode("new"), now), 0);
+    assert.equal(loops.bounces("other", data[0], now), 0, "another peer");
   }
 });
 
 test("EchoLoops lets a client repeat itself 60 times a second, or once a second", () => {
   const loops = new EchoLoops();
   const data = encoder.encode("keep-alive");
-  for (const [sent, again] of [[0, 16.7], [100, 1100]]) {
-    loops.sent("client", data, sent);
-    assert.equal(loops.cameBack("client", data, again), false, `${again}`);
+  for (let i = 0; i < 600; i++) {
+    const now = i * 1000 / 60;
+    assert.equal(loops.bounces("client", data, now), 0, `${i}`);
+    loops.sent("client", data, now, 0);
   }
+  assert.equal(loops.bounces("client", data, 11_000), 0, "a second later");
 });
 
 test("EchoLoops remembers a bounded number of peers and of datagrams each", () => {
   const loops = new EchoLoops();
   const data = encoder.encode("x");
-  for (let i = 0; i < 10_000; i++) loops.sent(`peer ${i}`, data, 0);
-  assert.equal(loops.cameBack("peer 9999", data, 1), true);
-  assert.equal(loops.cameBack("peer 0", data, 1), false, "forgotten");
+  for (let i = 0; i < 10_000; i++) loops.sent(`peer ${i}`, data, 0, 0);
+  assert.equal(loops.bounces("peer 9999", data, 1), 1);
+  assert.equal(loops.bounces("peer 0", data, 1), 0, "forgotten");
   const many = Array.from({ length: 1000 }, (_, i) => encoder.encode(`${i}`));
-  for (const bytes of many) loops.sent("one", bytes, 0);
-  assert.equal(loops.cameBack("one", many[999], 1), true);
-  assert.equal(loops.cameBack("one", many[0], 1), false, "forgotten");
+  for (const bytes of many) loops.sent("one", bytes, 0, 0);
+  assert.equal(loops.bounces("one", many[999], 1), 1);
+  assert.equal(loops.bounces("one", many[0], 1), 0, "forgotten");
 });
 
 test("echo() refuses a port-0, own-address or low-port sender with a warning", async () => {
@@ -937,6 +954,31 @@ test("serve() with echo answers a client that sends the same payload again at 60
     await server.stop();
   }
   assert.deepEqual(server.warnings, []);
+});
+
+test("serve() with echo answers the same line sent three times at once twice, and says why not the third", async () => {
+  const server = await start({ echo: true });
+  const client = listen();
+  try {
+    for (let i = 0; i < 3; i++) {
+      await client.send(encoder.encode("ok"), server.addr);
+    }
+    await client.send(encoder.encode("probe"), server.addr);
+    const texts = [];
+    while (texts.at(-1) !== "probe") texts.push(await receiveText(client));
+    assert.deepEqual(texts, ["ok", "ok", "probe"]);
+  } finally {
+    client.close();
+    await server.stop();
+  }
+  assert.deepEqual(
+    server.warnings.filter((text) => text.startsWith("loop:")).map((text) =>
+      text.replace(/:\d+:/, ":N:")
+    ),
+    [
+      "loop: not replying to 127.0.0.1:N: what it sent came straight back 2 times (an echo loop)",
+    ],
+  );
 });
 
 test("serve() with echo stops answering a peer that sends back at once what it gets", async () => {
@@ -1420,6 +1462,15 @@ test("SequenceStats takes a number far from the others for a jump: one forged da
   const clean = statsWithClock();
   clean.count([...Array.from({ length: 2000 }, (_, i) => i + 1), 2002]);
   assert.match(clean.stats.summary()[0], / 1 lost \(<0\.1%\),/);
+});
+
+test("SequenceStats: a number exactly a window behind is a jump, and does not take the highest's place", () => {
+  const { stats, count } = statsWithClock();
+  count([2000, 2000 - 1024, 2000]);
+  assert.match(
+    stats.summary()[0],
+    /: 3 received, 0 lost \(0\.0%\), 0 duplicated, 0 out of order, 2 jumps,/,
+  );
 });
 
 test("SequenceStats follows at most 1024 senders, the one heard longest ago forgotten, and keeps the total", () => {
