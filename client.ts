@@ -119,21 +119,32 @@ interface Peer extends Deno.NetAddr {
  */
 async function resolve(options: Server): Promise<Peer> {
   const { hostname = DEFAULT_HOSTNAME, port = DEFAULT_PORT } = options;
-  const server = { transport: "udp", hostname, port } as const;
   if (isAddress(hostname)) {
-    return { ...server, address: canonicalAddress(hostname) };
+    return {
+      transport: "udp",
+      hostname,
+      port,
+      address: canonicalAddress(hostname),
+    };
   }
+  let address;
   try {
     const probe = Deno.listenDatagram({ transport: "udp", hostname, port: 0 });
     closeQuietly(probe);
-    return { ...server, address: (probe.addr as Deno.NetAddr).hostname };
+    address = (probe.addr as Deno.NetAddr).hostname;
   } catch (error) {
     // A name of another machine: this one has no such address to bind.
     if (!(error instanceof Deno.errors.AddrNotAvailable)) throw error;
+    // Deno 2.9 looks up with getaddrinfo; Deno 2.0 asks the name server
+    // itself, which needs its address in --allow-net (or --allow-net for all).
+    address = (await lookup(hostname)).address;
   }
-  // Deno 2.9 looks up with getaddrinfo; Deno 2.0 asks the name server itself,
-  // which needs its address in --allow-net (or --allow-net for all).
-  return { ...server, address: (await lookup(hostname)).address };
+  // Sent to by address if that is allowed: by name, Deno would look the name
+  // up again for every datagram, and might find another address.
+  const host = bracketed(address);
+  const allowed = Deno.permissions.querySync({ name: "net", host }).state;
+  const to = allowed === "granted" ? address : hostname;
+  return { transport: "udp", hostname: to, port, address };
 }
 
 /** An IP address as a datagram's source gives it: `::1`, not `0:0::1`. */
@@ -984,7 +995,7 @@ async function main(args: string[]): Promise<number> {
   const where = printable(formatAddress({ transport: "udp", hostname, port }));
   try {
     if (options.interactive) {
-      return await chat(options, where);
+      return await runInteractive(options, where);
     }
     const problem = tooLong(options.longest);
     if (problem) throw new Error(`message is ${problem}`);
@@ -992,8 +1003,12 @@ async function main(args: string[]): Promise<number> {
     const size = `${article(message.length)} ${message.length}-byte`;
     console.error(`Sending ${size} datagram to ${where}${times}`);
     const onSent = progress(count);
-    const result = await send(message, { ...options, onSent });
-    if (onSent) Deno.stderr.writeSync(encoder.encode("\r\x1b[K"));
+    let result;
+    try {
+      result = await send(message, { ...options, onSent });
+    } finally {
+      if (onSent) Deno.stderr.writeSync(encoder.encode("\r\x1b[K")); // gone
+    }
     if (count > 1 || options.rate) {
       console.error(summary(result.sent, result.bytes, result.seconds));
     }
@@ -1024,8 +1039,8 @@ async function main(args: string[]): Promise<number> {
   }
 }
 
-/** `--interactive`: from a terminal with readline, else from the pipe or file as it is. */
-async function chat(
+/** `--interactive`: at a terminal with readline, else from the pipe or file as it is. */
+async function runInteractive(
   options: ReturnType<typeof parseOptions>,
   where: string,
 ): Promise<number> {
@@ -1033,7 +1048,9 @@ async function chat(
   console.error(`Sending each line to ${where}; Ctrl+D ends`);
   const server = { hostname, port };
   let result;
-  if (Deno.stdin.isTerminal()) {
+  // Both ends at the terminal: readline's prompt and redrawing must not go
+  // into a file or a pipe.
+  if (Deno.stdin.isTerminal() && Deno.stdout.isTerminal()) {
     const rl = createInterface({
       input: process.stdin,
       output: process.stdout,

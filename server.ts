@@ -791,25 +791,34 @@ function hash(data: Uint8Array): number {
 }
 
 /**
- * Sends `data` to `to`, and says whether it went. A failure concerns that
- * peer only: it is reported, and serving goes on. A socket closed meanwhile
- * (the server stops) fails quietly.
+ * Sends `data` to `to`; returns why it failed, if it did. A failure concerns
+ * that peer only: it is reported, and serving goes on. A socket closed
+ * meanwhile (the server stops) fails quietly.
  */
 export async function sendTo(
   conn: Deno.DatagramConn,
   data: Uint8Array,
   to: Deno.NetAddr,
   warn: Warn,
-): Promise<boolean> {
+): Promise<unknown> {
   try {
     await conn.send(data, to);
-    return true;
   } catch (error) {
     if (!isClosed(error)) {
       warn("send", `cannot send to ${formatAddress(to)}: ${reason(error)}`);
     }
-    return false;
+    return error;
   }
+}
+
+/**
+ * Whether a failed send may work if tried again later: the system's buffers
+ * were full for a moment (macOS says ENOBUFS for a burst), not the address
+ * refused for good.
+ */
+function isBusy(error: unknown): boolean {
+  return error instanceof Deno.errors.WouldBlock ||
+    error instanceof Error && /no buffer space/i.test(error.message);
 }
 
 /** Reports a problem as a warning of a kind; see `Warnings`. */
@@ -843,9 +852,8 @@ export function echo(warn: Warn): Handler {
         `not replying to ${key}: more than ${REPLY_RATE} a second`,
       );
     }
-    if (await sendTo(conn, data, from, warn)) {
-      loops.sent(key, data, now, bounces);
-    }
+    const failed = await sendTo(conn, data, from, warn);
+    if (!failed) loops.sent(key, data, now, bounces);
   };
 }
 
@@ -957,8 +965,9 @@ export function chat(room: ChatRoom, warn: Warn): Handler {
     marked.set(data, mark.length);
     // All at once, not one after another: a full chat is 49 sends.
     await Promise.all(members.map(async (member) => {
-      const sent = await sendTo(conn, marked, member, warn);
-      if (!sent) room.leave(formatAddress(member)); // unreachable: out
+      const failed = await sendTo(conn, marked, member, warn);
+      // Unreachable, or not allowed: out, so as not to fail again and again.
+      if (failed && !isBusy(failed)) room.leave(formatAddress(member));
     }));
   };
 }
