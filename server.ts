@@ -132,6 +132,13 @@ const FLUSH_MS = 10;
 // and loading it made each full garbage collection stop the receive loop 2-3
 // ms longer (see the README's "How fast is it?").
 const PIECE_SIZE = 4096;
+// Inside a line longer than that, a write without a line end is not held in
+// Deno's line buffer: it goes out as it is, and says how much went. So a long
+// line (escapes make a 65,507-byte datagram up to 262 KB) goes in pieces of
+// up to 32 KiB, not 4 KiB: each write costs Deno a hand-over to another thread
+// (about 30 us of CPU here), and 64 of them made such a line cost 3-4 times
+// what an ASCII one does. (The line end stays in a piece of PIPE_BUF or less.)
+const LONG_PIECE_SIZE = 32_768;
 const RETRY_MS = 5;
 
 /** Where an `Output` writes: `Deno.stdout`, `Deno.stderr`, or any writer like them. */
@@ -310,15 +317,20 @@ export class Output {
   }
 }
 
-/** What to write next of `bytes` from `start`: whole lines, at most PIECE_SIZE bytes. */
+/**
+ * What to write next of `bytes` from `start`: whole lines, PIECE_SIZE bytes
+ * at most; or, inside a line longer than that, up to LONG_PIECE_SIZE bytes
+ * without its line end.
+ */
 function wholeLines(bytes: Uint8Array, start: number): Uint8Array {
   const piece = bytes.subarray(start, start + PIECE_SIZE);
   if (start + piece.length === bytes.length) return piece;
-  // The last line end in the piece; none in a line longer than the piece.
   const newline = piece.lastIndexOf(0x0a);
-  return newline < 0 ? piece : piece.subarray(0, newline + 1);
+  if (newline >= 0) return piece.subarray(0, newline + 1);
+  const end = bytes.indexOf(0x0a, start + PIECE_SIZE);
+  const stop = end < 0 ? bytes.length : end;
+  return bytes.subarray(start, Math.min(stop, start + LONG_PIECE_SIZE));
 }
-
 /** Resolves after `ms` milliseconds, or as soon as `signal` aborts. */
 function delay(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
@@ -665,7 +677,8 @@ function bracketed(hostname: string): string {
 // Ports where services live that answer every datagram, some with far more
 // than they get: a forged source there would make the server attack them, or
 // them attack the server. All below 1024 (echo 7, daytime 13, qotd 17,
-// chargen 19, time 37, DNS 53, NTP 123, SNMP 161...), and these above it:
+// chargen 19, time 37, DNS 53, NTP 123, SNMP 161...), and these above it,
+// all below the ports that systems give clients (32768 and up):
 const REFLECTOR_PORTS = new Set([
   1434, // Microsoft SQL Server browser
   1900, // SSDP
@@ -676,7 +689,6 @@ const REFLECTOR_PORTS = new Set([
   10001, // Ubiquiti discovery
   11211, // memcached
   27015, // Steam (Source engine queries)
-  37810, // DHCPDiscover (video recorders)
 ]);
 
 /** Why the server never replies to `to`, or `undefined` if it may. */
@@ -1079,7 +1091,8 @@ export class SequenceStats {
   }
 
   #sender(from: Deno.NetAddr): Sender {
-    // Most often, the sender of the datagram before: no key to make.
+    // Most often, the sender of the datagram before: no key to make (26 ns
+    // a datagram, against 170 with a key and a lookup, on Deno 2.9).
     const last = this.#last;
     if (last?.from.port === from.port && last.from.hostname === from.hostname) {
       return last.sender;

@@ -516,7 +516,7 @@ test("Output writes whole lines, 4096 bytes at most, and the rest after a partia
   assert.ok(collector.writes.length > written.length / 1000, "partial writes");
 });
 
-test("Output writes a line longer than a chunk whole, in pieces", async () => {
+test("Output writes a line longer than a chunk whole, in pieces: up to 32 KiB without a line end, 4096 bytes with one", async () => {
   const collector = new Collector();
   const output = new Output(collector);
   const long = "0123456789".repeat(10_000); // 100,000 bytes
@@ -525,7 +525,15 @@ test("Output writes a line longer than a chunk whole, in pieces", async () => {
   output.print("after");
   assert.equal(await finish(output), 0);
   assert.equal(collector.text, `before\n${long}\nafter\n`);
-  assert.ok(collector.writes.every((offered) => offered.length <= 4096));
+  for (const offered of collector.writes) {
+    const ends = offered.includes(0x0a);
+    assert.ok(offered.length <= (ends ? 4096 : 32_768), `${offered.length}`);
+    if (ends) {
+      assert.equal(offered.at(-1), 0x0a, "a write ends at a line's end");
+    }
+  }
+  // Not 25 pieces of 4096 bytes: a write costs a hand-over to another thread.
+  assert.ok(collector.writes.length <= 8, `${collector.writes.length} writes`);
 });
 
 test("Output tries again after WouldBlock and Interrupted, and loses nothing", async () => {
@@ -2224,13 +2232,19 @@ async function sendEchoed(
   client: Deno.DatagramConn,
   port: number,
   count: number,
+  { long = false } = {},
 ): Promise<string[]> {
   const to = { transport: "udp", hostname: "127.0.0.1", port } as const;
   // 3,000 bytes each: 40 of them overfill a pipe (64 KiB), within the
-  // echoes a peer gets at once (100).
+  // echoes a peer gets at once (100). With `long`, every fifth is 20,000
+  // control characters, an 80,000-byte line once escaped: written in pieces
+  // (and all of them, 0.7 MiB, less than the server holds before it waits).
   const texts = Array.from(
     { length: count },
-    (_, i) => `line ${i} of ${count}: ${"x".repeat(3000)}`,
+    (_, i) =>
+      `line ${i} of ${count}: ${
+        long && i % 5 === 4 ? "\x01".repeat(20_000) : "x".repeat(3000)
+      }`,
   );
   for (const text of texts) {
     await client.send(encoder.encode(text), to);
@@ -2323,7 +2337,7 @@ const PYTHON = await new Deno.Command("python3", {
 }).output().then(({ success }) => success, () => false);
 
 test(
-  "deno task server loses no line when its stdout is non-blocking",
+  "deno task server loses no line, long or short, when its stdout is non-blocking",
   { ignore: NO_SIGINT || !PYTHON },
   async () => {
     // The non-blocking flag belongs to the pipe, shared by every process
@@ -2336,29 +2350,38 @@ test(
       wrapper: ["sh", "-c", `${nonBlocking} && exec "$0" "$@"`],
     });
     const client = listen();
+    // A slow reader, as a pager is: a little at a time, so that the pipe is
+    // nearly full whenever the server writes, and writes are taken in part.
+    const reader = server.process.stdout.getReader({ mode: "byob" });
+    const decoder = new TextDecoder();
+    let text = "";
+    const reading = (async () => {
+      while (text.split("\n").length <= 40) {
+        const { value, done } = await reader.read(new Uint8Array(3000));
+        if (done) break;
+        text += decoder.decode(value, { stream: true });
+        await new Promise((resolve) => setTimeout(resolve, 1)); // pacing
+      }
+    })();
     let texts;
     try {
       // 40 lines do not fit in the pipe: the writes meet a full pipe.
-      texts = await sendEchoed(client, await server.port(), 40);
+      texts = await sendEchoed(client, await server.port(), 40, { long: true });
+      await within("40 lines", reading);
     } finally {
       client.close();
     }
-    const reader = server.process.stdout
-      .pipeThrough(new TextDecoderStream()).getReader();
-    let text = "";
-    while (text.split("\n").length <= 40) {
-      const { value, done } = await within("40 lines", reader.read());
-      if (done) break;
-      text += value;
-    }
     server.process.kill("SIGTERM");
     const { code, stderr } = await server.result();
-    while (!(await reader.read()).done) text += "(more)";
+    while (!(await reader.read(new Uint8Array(4096))).done) text += "(more)";
     assert.equal(code, 0, stderr);
     const from = `Message from 127.0.0.1:${
       (client.addr as Deno.NetAddr).port
     }: `;
-    assert.equal(text, texts.map((line) => `${from}${line}\n`).join(""));
+    assert.equal(
+      text,
+      texts.map((line) => `${from}${printable(line)}\n`).join(""),
+    );
     assert.match(stderr, /\nReceived 40 datagrams, [\d,]+ bytes\n$/);
   },
 );
