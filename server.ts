@@ -1323,13 +1323,13 @@ Options:
   -h, --help             show this help`;
 
 // Exit codes: 0 stopped with every line written; 1 a failure, or lines that
-// the output did not take within 0.7 s of the stop; 2 a usage error; 141
+// the output did not take within 0.6 s of the stop; 2 a usage error; 141
 // the output's reader went away (128 + SIGPIPE, as for `yes | head`).
 const EXIT_CLOSED = 141;
 // On a stop, all is written within STOP_GRACE_MS, or given up: the lines
 // still waiting until SUMMARY_GRACE_MS before it, then the summary. So the
 // process ends within 1 s, whatever stdout and stderr do.
-const STOP_GRACE_MS = 900;
+const STOP_GRACE_MS = 800;
 const SUMMARY_GRACE_MS = 200;
 
 class UsageError extends Error {}
