@@ -3096,3 +3096,23 @@ test(
     }
   },
 );
+
+test("the README quotes the tutorial's code as it is in server.ts and client.ts", async () => {
+  const [readme, server, client] = await Promise.all(
+    ["README.md", "server.ts", "client.ts"].map((file) =>
+      Deno.readTextFile(new URL(file, ROOT))
+    ),
+  );
+  const start = readme.indexOf("## The Python tutorial beside the Deno code");
+  const end = readme.indexOf("### Beyond the tutorial");
+  assert.ok(start >= 0 && end > start, "the README has the walk-through");
+  const blocks = [...readme.slice(start, end).matchAll(/```ts\n(.*?)```/gs)]
+    .map(([, code]) => code)
+    .filter((code) => !code.includes("import ")); // a program of yours
+  assert.ok(blocks.length >= 5, `${blocks.length} blocks`);
+  for (const block of blocks) {
+    for (const line of block.split("\n").map((text) => text.trim())) {
+      if (line) assert.ok(`${server}${client}`.includes(line), line);
+    }
+  }
+});
