@@ -450,6 +450,7 @@ SHORT[BACKSLASH] = BACKSLASH; // \\
 const HIDDEN = /[\p{C}\p{Z}\p{Default_Ignorable_Code_Point}\ufffd]/u;
 // A regex per character is slow, so each answer is kept, once found: 0 not
 // known yet, 1 shown, 2 escaped. Pages of the table never used take no memory.
+// (A memo of a fixed rule: whoever fills it, every server reads the same.)
 const verdicts = new Uint8Array(0x110000);
 
 function isHidden(codePoint: number): boolean {
