@@ -124,6 +124,8 @@ export class Output {
   #error: Error | undefined;
   #writer: { write(data: Uint8Array): Promise<number> };
   #onError: (error: Error) => void;
+  #beside: Output | undefined;
+  #busy: PromiseWithResolvers<void> | undefined; // writing, or a line begun
   #queue: Uint8Array[] = []; // chunks to write, oldest first
   #offset = 0; // how much of the first is written
   #chunk = new Uint8Array(CHUNK_SIZE); // where lines are collected
@@ -135,13 +137,20 @@ export class Output {
   #progress = Promise.withResolvers<void>(); // after each write
   #stop = new AbortController();
 
-  /** Lines for `writer` (`Deno.stdout`, or one like it); `onError` is called if it fails. */
+  /**
+   * Lines for `writer` (`Deno.stdout`, or one like it); `onError` is called
+   * if it fails. With `beside` (stdout, for stderr: `2>&1` makes them one
+   * file) the two take turns, and neither writes inside a long line that the
+   * other writes in pieces, where its tail would pass for a line of its own.
+   */
   constructor(
     writer: { write(data: Uint8Array): Promise<number> },
-    onError: (error: Error) => void = () => {},
+    options: { onError?: (error: Error) => void; beside?: Output } = {},
   ) {
     this.#writer = writer;
-    this.#onError = onError;
+    this.#onError = options.onError ?? (() => {});
+    this.#beside = options.beside;
+    if (options.beside) options.beside.#beside = this;
   }
 
   /** Why the writer failed, if it did: `BrokenPipe` when its reader went away. */
@@ -192,9 +201,15 @@ export class Output {
     const late = delay(until - performance.now(), this.#stop.signal);
     await Promise.race([this.#writing, late]);
     this.#stop.abort(); // ends the delay, a retry's, and all writing
+    this.#idle(); // whatever is left of a line begun: not written
     clearTimeout(this.#timer);
     this.#progress.resolve();
     return this.#lines; // a write under way may land still: none is undone
+  }
+
+  #idle() {
+    this.#busy?.resolve();
+    this.#busy = undefined;
   }
 
   #schedule() {
@@ -216,9 +231,16 @@ export class Output {
 
   async #write() {
     while (this.#queue.length > 0 && !this.#stop.signal.aborted) {
+      const other = this.#beside; // the two take turns: see the constructor
+      if (other && other.#busy) {
+        await other.#busy.promise;
+        continue;
+      }
       const piece = nextPiece(this.#queue[0], this.#offset);
+      this.#busy ??= Promise.withResolvers();
       try {
         const written = await this.#writer.write(piece);
+        if (written > 0 && piece[written - 1] === 0x0a) this.#idle();
         this.#offset += written;
         this.#waiting -= written;
         this.#lines -= countLines(piece.subarray(0, written));
@@ -231,6 +253,7 @@ export class Output {
         } else if (!(error instanceof Deno.errors.Interrupted)) {
           this.#error = error instanceof Error ? error : new Error(`${error}`);
           this.#onError(this.#error);
+          this.#idle();
           break;
         }
       } finally {
@@ -581,13 +604,16 @@ const LOOP_MS = 10;
 const LOOP_LIMIT = 2;
 const LOOP_MEMORY = 64; // sends remembered per address
 
-/** Reports a problem as a warning of a kind (`refused`, `rate`, ...). */
+// Reports a problem as a warning of a kind (`echo`, `chat`), and the clock for
+// the rules that keep time (in ms: `performance.now()`, or a test's).
 type Warn = (kind: string, text: string) => void;
-/** The clock for the rules that keep time, in ms (default: `performance.now()`). */
 type Clock = { clock?: () => number };
 
 /** A `Handler` that sends each datagram back to its sender, unless a rule above says not to. */
-export function echo(warn: Warn, { clock = now }: Clock = {}): Handler {
+export function echo(
+  warn: (kind: string, text: string) => void,
+  { clock = now }: { clock?: () => number } = {},
+): Handler {
   const buckets = new Map<string, Bucket>();
   const sends = new Map<string, { hash: number; at: number; back: number }[]>();
   return async (data, from, conn) => {
@@ -1013,8 +1039,8 @@ async function main(args: string[]): Promise<number> {
   // A stdout that fails (its reader went away) stops the server; a stderr
   // that fails loses only the diagnostics.
   const controller = new AbortController();
-  const out = new Output(Deno.stdout, () => controller.abort());
-  const err = new Output(Deno.stderr);
+  const out = new Output(Deno.stdout, { onError: () => controller.abort() });
+  const err = new Output(Deno.stderr, { beside: out });
   const code = await run(args, { out, err, controller });
   // The last lines (an error, the help) get a moment, never long enough to
   // hang; a server that ran has finished both already.
@@ -1065,8 +1091,8 @@ async function run(
   if (Deno.build.os !== "windows") Deno.addSignalListener("SIGTERM", stop);
   const warnings = new Warnings(err);
   const terminal = Deno.stdout.isTerminal();
-  const width = () =>
-    terminal ? Deno.consoleSize().columns || Infinity : Infinity;
+  // (A width of 0 is unknown: then a common one.)
+  const width = () => terminal ? Deno.consoleSize().columns || 80 : Infinity;
   const printer = new Printer(out, { hex: options.hex, columns: width() });
   // The width is followed as the terminal is resized.
   if (terminal && Deno.build.os !== "windows") {

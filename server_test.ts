@@ -1,5 +1,6 @@
-// Tests for server.ts: its exports on real sockets (loopback, port 0), and its
-// command line. They wait for events (a datagram, a line, a process's end),
+// Tests for server.ts and client.ts: their exports on real sockets (loopback,
+// port 0, a plain socket in the other's place), and their command lines run as
+// child processes. They wait for events (a datagram, a line, a process's end),
 // never for time to pass: the rules that keep time get a fake clock.
 import assert from "node:assert/strict";
 import {
@@ -16,6 +17,9 @@ import {
   serve,
   type ServeOptions,
 } from "./server.ts";
+import { interactive, readLines, send } from "./client.ts";
+
+// Helpers.
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -86,26 +90,37 @@ class Collector {
   }
 }
 
-/** A socket on loopback, port 0, closed at the end of its `using` block. */
-function listen(hostname = "127.0.0.1") {
-  const conn = Deno.listenDatagram({ transport: "udp", hostname, port: 0 });
-  return Object.assign(conn, { [Symbol.dispose]: () => conn.close() });
+/**
+ * A plain socket on loopback (port 0: a free one), closed at the end of its
+ * `using` block: a client, the server's stand-in, or a stranger.
+ */
+function listen(hostname = "127.0.0.1", port = 0) {
+  const conn = Deno.listenDatagram({ transport: "udp", hostname, port });
+  port = (conn.addr as Deno.NetAddr).port;
+  return Object.assign(conn, {
+    port,
+    key: `${hostname}:${port}`, // as serve() names a sender, without brackets
+    /** The next datagram, as text, and who sent it. */
+    async next(): Promise<[string, Deno.NetAddr]> {
+      const [data, from] = await within("a datagram", conn.receive());
+      return [decoder.decode(data), from as Deno.NetAddr];
+    },
+    [Symbol.dispose]: () => conn.close(),
+  });
+}
+
+/** A socket that echoes each datagram to its sender, as server --echo does. */
+function echoing(hostname?: string) {
+  const conn = listen(hostname);
+  const loop = (async () => {
+    for await (const [data, from] of conn) await conn.send(data, from);
+  })().catch(() => {}); // closed
+  const dispose = () => (conn.close(), loop);
+  return Object.assign(conn, { [Symbol.asyncDispose]: dispose });
 }
 
 function udp(hostname: string, port: number): Deno.NetAddr {
   return { transport: "udp", hostname, port };
-}
-
-function portOf(conn: Deno.DatagramConn): number {
-  return (conn.addr as Deno.NetAddr).port;
-}
-
-function keyOf(conn: Deno.DatagramConn): string {
-  return `${(conn.addr as Deno.NetAddr).hostname}:${portOf(conn)}`;
-}
-
-async function receiveText(conn: Deno.DatagramConn): Promise<string> {
-  return decoder.decode((await within("a datagram", conn.receive()))[0]);
 }
 
 function fakes() {
@@ -155,41 +170,72 @@ async function start(handler?: Handler) {
   return { addr, output, stop, [Symbol.asyncDispose]: dispose };
 }
 
-// server.ts's command line, as its --help gives it.
-const SERVER = ["run", "--unstable-net", "--no-prompt"];
-SERVER.push("--allow-net=127.0.0.1,[::1],localhost", "server.ts");
+/**
+ * Sends `text` from `conn` to `to`, paced 5 ms apart, until `done` settles;
+ * returns how many. A server that talks on while the client ends on its own
+ * clock: no event paces it, and unpaced it would only flood the client's
+ * queue. Bounded: 2,000 datagrams, 10 s at most.
+ */
+async function keepSending(
+  conn: Deno.DatagramConn,
+  to: Deno.Addr,
+  text: string,
+  done: Promise<unknown>,
+): Promise<number> {
+  let sent = 0, finished = false, timer;
+  done.finally(() => finished = true);
+  for (; !finished && sent < 2000; sent++) {
+    await conn.send(encoder.encode(text), to);
+    const pace = new Promise((resolve) => timer = setTimeout(resolve, 5));
+    await Promise.race([done, pace]);
+    clearTimeout(timer);
+  }
+  return sent;
+}
+
+// The command lines, as their --help gives them (the tasks "server", "client").
+const NET = "--allow-net=127.0.0.1,[::1],localhost";
+const SERVER = ["run", "--unstable-net", "--no-prompt", NET, "server.ts"];
+const CLIENT = ["run", "--unstable-net", "--no-prompt", NET, "client.ts"];
 
 /**
- * A running `deno <args>` (through `wrapper`, if given). What it prints is
- * read only when asked for, so that a pipe not asked for fills up; the end of
- * its `await using` block kills it.
+ * A running `deno <args>`, through `wrapper` if given (sh for a redirection,
+ * python3 for a terminal); its stdin is `input`. What it prints is read only
+ * when asked for, so that a pipe not asked for fills up. The end of its
+ * `await using` block kills it, closes its stdin, cancels what is unread and
+ * waits for its end.
  */
 class Child {
   readonly process: Deno.ChildProcess;
+  readonly input: WritableStreamDefaultWriter<Uint8Array>;
   readonly output = { stdout: "", stderr: "" };
   #readers;
   #text = { stdout: new TextDecoder(), stderr: new TextDecoder() };
-  constructor(args: string[], { stdin = "null", wrapper = [""] } = {}) {
-    const [program, ...rest] = [...wrapper, Deno.execPath(), ...args]
-      .filter(Boolean); // no wrapper: deno itself
+  constructor(args: string[], { wrapper = [] as string[] } = {}) {
+    const [program, ...rest] = [...wrapper, Deno.execPath(), ...args];
     this.process = new Deno.Command(program, {
       args: rest,
       cwd: new URL(".", import.meta.url),
       env: { NO_COLOR: "1" },
-      stdin: stdin as "null" | "piped",
+      stdin: "piped",
       stdout: "piped",
       stderr: "piped",
     }).spawn();
+    this.input = this.process.stdin.getWriter();
     const { stdout, stderr } = this.process;
     this.#readers = { stdout: stdout.getReader(), stderr: stderr.getReader() };
   }
-  /** Reads `name` until it matches `pattern`, or to its end. */
+  /** Reads `name` until it matches `pattern` (fails if it ends first), or to its end. */
   async waitFor(name: "stdout" | "stderr", pattern?: RegExp) {
     const reader = this.#readers[name];
     while (!pattern?.test(this.output[name])) {
       const read = await within(`${pattern ?? name}`, reader.read());
       if (read.done && !pattern) return [];
-      if (read.done) throw new Error(`${pattern}: ${this.output[name]}`);
+      if (read.done) {
+        throw new Error(
+          `${name} never matched ${pattern}: ${this.output[name]}`,
+        );
+      }
       const text = this.#text[name].decode(read.value, { stream: true });
       this.output[name] += text;
     }
@@ -201,6 +247,7 @@ class Child {
   close(name: "stdout" | "stderr") {
     return this.#readers[name].cancel();
   }
+  /** Reads both to their end, and waits for the exit code. */
   async result() {
     await Promise.all([this.waitFor("stdout"), this.waitFor("stderr")]);
     const { code } = await within("the process to end", this.process.status);
@@ -209,6 +256,7 @@ class Child {
   async [Symbol.asyncDispose]() {
     const kill = () => this.process.kill("SIGKILL");
     await Promise.resolve().then(kill).catch(() => {}); // if not ended yet
+    await this.input.close().catch(() => {}); // if closed already
     await Promise.all([this.close("stdout"), this.close("stderr")]);
     await within("the process to end", this.process.status);
   }
@@ -217,6 +265,109 @@ class Child {
 async function runServer(args: string[], flags = SERVER.slice(0, -1)) {
   await using child = new Child([...flags, "server.ts", ...args]);
   return await child.result();
+}
+
+async function runClient(...args: string[]) {
+  await using child = new Child([...CLIENT, ...args]);
+  return await child.result();
+}
+
+// Runs a command at a pty `columns` wide, for 10 s at most, in the steps that
+// come on its stdin as JSON lines (see drive()). Mode "all": the pty is stdin,
+// stdout and stderr, and at the end of its stdin the script prints the exit
+// code and the screen as JSON; mode "stdin": the pty is stdin only, and the
+// script exits as the command does.
+const PTY = `
+import fcntl, json, os, pty, re, select, signal, struct, subprocess, sys, termios, time
+mode, columns, *command = sys.argv[1:]
+def resize(fd, columns):
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("4H", 24, int(columns), 0, 0))
+master, slave = pty.openpty()
+resize(slave, columns)
+out = slave if mode == "all" else None
+child = subprocess.Popen(command, stdin=slave, stdout=out, stderr=out,
+    start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+os.close(slave)
+screen, end, match = b"", time.monotonic() + 10, None
+def read():
+    global screen
+    left = max(0, end - time.monotonic())
+    try:
+        data = os.read(master, 4096) if select.select([master], [], [], left)[0] else b""
+    except OSError:
+        data = b""  # the command has ended
+    screen += data
+    return data
+for kind, text in map(json.loads, iter(sys.stdin.readline, "")):
+    if kind == "until":
+        while not (match := re.search(text.encode(), screen)) and read():
+            pass
+    elif kind == "type":
+        os.write(master, text.encode())
+    elif kind == "columns":
+        resize(master, text)
+    elif kind == "signal":
+        child.send_signal(getattr(signal, text))
+    else:
+        print(match.expand(text.encode()).decode() if match else text, flush=True)
+while mode == "all" and read():
+    pass
+code = child.wait(10)
+if mode == "stdin":
+    sys.exit(code)
+print(json.dumps({"code": code, "screen": screen.decode()}))
+`;
+
+/** `deno ...args` at a terminal, as `PTY` runs it; drive() gives it steps. */
+function atTerminal(args: string[], { mode = "all", columns = 80 } = {}) {
+  return new Child(args, {
+    wrapper: ["python3", "-c", PTY, mode, `${columns}`],
+  });
+}
+
+/**
+ * Steps for a child of atTerminal(), run in order: wait "until" the screen
+ * matches a regex, "type", resize to "columns", send a "signal", or "say" a
+ * line to the test on stdout (`\1`: the last match's group 1).
+ */
+function drive(
+  child: Child,
+  ...steps: ["until" | "type" | "columns" | "signal" | "say", string][]
+) {
+  const lines = steps.map((step) => `${JSON.stringify(step)}\n`).join("");
+  return child.input.write(encoder.encode(lines));
+}
+
+/** The exit code and the screen that `PTY` prints, in mode "all", once the steps end. */
+async function screenOf(
+  child: Child,
+): Promise<{ code: number; screen: string }> {
+  await child.input.close();
+  const { stdout } = await child.result();
+  return JSON.parse(stdout.trim().split("\n").at(-1)!);
+}
+
+/** The lines a terminal shows for `output`: \r, \x1b[K, \x1b[0J and \x1b[nG applied. */
+function render(output: string): string[] {
+  const lines: string[] = [];
+  for (const raw of output.split("\n")) {
+    let line = "";
+    let column = 0;
+    // deno-lint-ignore no-control-regex -- terminal escapes, on purpose
+    const re = /\x1b\[(\d*)([A-Za-z])|\r|[^\x1b\r]/gu;
+    for (const [token, number, command] of raw.matchAll(re)) {
+      if (token === "\r") column = 0;
+      else if (command === "G") column = Number(number || 1) - 1;
+      else if (command === "K" || command === "J") line = line.slice(0, column);
+      else if (!command) {
+        line = line.padEnd(column).slice(0, column) + token +
+          line.slice(column + 1);
+        column++;
+      }
+    }
+    lines.push(line);
+  }
+  return lines;
 }
 
 function testIf(available: boolean) {
@@ -230,11 +381,12 @@ async function has(script: string): Promise<boolean> {
 
 // Windows has no SIGINT to send, no pseudo-terminal and no /dev/full.
 const POSIX = Deno.build.os !== "windows";
+const DEV_FULL = POSIX && await has("test -w /dev/full");
 test.posix = testIf(POSIX);
-test.python = testIf(POSIX && await has("python3 -c ''")); // for a pty
-test.devFull = testIf(POSIX && await has("test -w /dev/full"));
+test.python = testIf(POSIX && await has("python3 -c 'import pty'"));
+test.devFull = testIf(DEV_FULL);
 
-// The tutorial: serve().
+// Tutorial: serve(), and the client's send().
 
 test("serve() prints the tutorial's message as a line that names its sender, every datagram of several clients in order, and 65,507 bytes whole", async () => {
   assert.deepEqual([DEFAULT_HOSTNAME, DEFAULT_PORT], ["127.0.0.1", 6789]);
@@ -244,7 +396,7 @@ test("serve() prints the tutorial's message as a line that names its sender, eve
   const texts = ["Hello, Server", "C:\\temp\x1b[2J", largest];
   for (const text of texts) await a.send(encoder.encode(text), server.addr);
   const shown = ["Hello, Server", "C:\\\\temp\\x1b[2J", largest];
-  const first = shown.map((text) => `Message from ${keyOf(a)}: ${text}`);
+  const first = shown.map((text) => `Message from ${a.key}: ${text}`);
   assert.deepEqual(await server.output.waitForLines(3), first);
   // 150 datagrams fit in the socket's queue even if the server read none yet.
   for (let i = 0; i < 50; i++) {
@@ -254,7 +406,7 @@ test("serve() prints the tutorial's message as a line that names its sender, eve
   }
   const lines = (await server.output.waitForLines(153)).slice(3);
   for (const [n, client] of [a, b, c].entries()) {
-    const prefix = `Message from ${keyOf(client)}: `;
+    const prefix = `Message from ${client.key}: `;
     const mine = lines.filter((line) => line.startsWith(prefix));
     const said = (_: unknown, i: number) => `${prefix}client ${n} says ${i}`;
     assert.deepEqual(mine, Array.from({ length: 50 }, said));
@@ -300,6 +452,21 @@ test("serve() ends and frees its port when aborted, and when onListen throws; wa
   assert.ok(views[0].buffer.byteLength >= 65_507, "room for the largest");
   // The old view now shows the new datagram's bytes: "2nd" over "fi".
   assert.equal(decoder.decode(views[0]), "2ndst");
+});
+
+test("send() reaches IPv6 loopback and localhost, in any spelling", async () => {
+  for (const hostname of ["::1", "0:0:0:0:0:0:0:1", "LocalHost"]) {
+    const on = hostname.includes(":") ? "::1" : "localhost";
+    await using server = echoing(on);
+    const { port } = server;
+    const { reply } = await send(encoder.encode(hostname), {
+      hostname,
+      port,
+      wait: true,
+    });
+    assert.equal(decoder.decode(reply?.[0]), hostname);
+    assert.deepEqual({ ...reply?.[1] }, { ...server.addr });
+  }
 });
 
 // Output: lines written in the background, never blocking.
@@ -353,6 +520,21 @@ test("Output writes a line within a moment, and one longer than a chunk whole: p
   }
   // Not 25 pieces of 4096 bytes: a write costs a hand-over to another thread.
   assert.ok(collector.writes.length <= 8, `${collector.writes.length} writes`);
+});
+
+test("Output beside another on one file (stderr beside stdout, as 2>&1 makes them) takes turns, and never writes inside the other's long line", async () => {
+  const file = new Collector(1000); // one pipe for both, 1000 bytes a write
+  const out = new Output(file), err = new Output(file, { beside: out });
+  const long = "Message from 127.0.0.1:40000: " + "a".repeat(70_000);
+  out.print(long);
+  err.print("warning: not replying to 127.0.0.1:1000");
+  out.print("Message from 127.0.0.1:40000: after");
+  assert.deepEqual(await Promise.all([finish(out), finish(err)]), [0, 0]);
+  assert.ok(file.lines.includes(long), "the long line whole, on its own");
+  assert.deepEqual(file.lines.filter((line) => line !== long).sort(), [
+    "Message from 127.0.0.1:40000: after",
+    "warning: not replying to 127.0.0.1:1000",
+  ]);
 });
 
 test("Output stops at a broken pipe: append(), room() and finish() report it, and nothing is written after", async () => {
@@ -615,6 +797,41 @@ test("Printer prints each sender's prefix, also when senders alternate; in hex, 
   }
 });
 
+test("client.ts prints each datagram from the server as server.ts does: escaped as escapeInto(), and with -x as a Printer with hex", async () => {
+  using server = listen();
+  const sent = datagrams(200, 23);
+  for (const hex of [false, true]) {
+    const args = ["-i", "-p", `${server.port}`, "-t", "100"];
+    await using child = new Child([...CLIENT, ...args, ...hex ? ["-x"] : []]);
+    await child.input.write(encoder.encode("hello\n"));
+    const [, from] = await server.next();
+    // One at a time, each printed before the next: none lost in a full queue.
+    for (const [i, data] of sent.entries()) {
+      await server.send(data, from);
+      await child.waitFor("stdout", new RegExp(`^(?:.*\\n){${i + 1}}`));
+    }
+    await child.input.close();
+    const { code, stdout, stderr } = await child.result();
+    const sending = `Sending each line to ${server.key}; Ctrl+D ends\n`;
+    assert.deepEqual([code, stderr], [0, sending]);
+    // The server's lines for the same bytes from the same address.
+    const prefix = `Message from ${server.key}: `;
+    let expected = sent.map((data) => prefix + escape(data));
+    if (hex) {
+      const collector = new Collector();
+      const output = new Output(collector);
+      const printer = new Printer(output, { hex: true });
+      const addr = server.addr as Deno.NetAddr;
+      for (const data of sent) {
+        printer.print(data, addr, fakeConn().conn);
+      }
+      assert.equal(await finish(output), 0);
+      expected = collector.lines;
+    }
+    assert.deepEqual(stdout.split("\n").slice(0, -1), expected);
+  }
+});
+
 // Echo: every datagram back to its sender, unless a rule says not to.
 
 test("serve() with echo sends every datagram back byte for byte; the same line three times at once twice, and says why not the third", async () => {
@@ -632,10 +849,10 @@ test("serve() with echo sends every datagram back byte for byte; the same line t
     await client.send(encoder.encode(text), server.addr);
   }
   for (const expected of ["ok", "ok", "probe"]) {
-    assert.equal(await receiveText(client), expected);
+    assert.equal((await client.next())[0], expected);
   }
   const why = "an echo loop (back 2 times)";
-  assert.deepEqual(list, [`echo: not replying to ${keyOf(client)}: ${why}`]);
+  assert.deepEqual(list, [`echo: not replying to ${client.key}: ${why}`]);
   assert.equal((await server.stop()).datagrams, 7);
 });
 
@@ -820,13 +1037,13 @@ test("ChatRoom drops a member whose relay fails for good, not one whose buffer w
   using conn = listen(), b = listen(), c = listen();
   const { say, clock, room, warnings } = chatRoom(conn);
   await say(40000, "joins", "127.0.0.9"); // not allowed: a send fails
-  await say(portOf(b), "b joins");
+  await say(b.port, "b joins");
   assert.equal(room.size, 1, "the undeliverable member left");
   const flag = "not allowed: run server.ts with --allow-net=127.0.0.9";
   const cannot = `chat: cannot relay to 127.0.0.9:40000: ${flag}`;
   assert.deepEqual(warnings, [cannot]);
-  await say(portOf(c), "c joins");
-  assert.equal(await receiveText(b), `<${keyOf(c)}> c joins`);
+  await say(c.port, "c joins");
+  assert.equal((await b.next())[0], `<${c.key}> c joins`);
   assert.equal(room.size, 2);
   // Newcomers that cannot be sent to leave at the next relay: joins stay used.
   const refused = () =>
@@ -852,7 +1069,7 @@ test("ChatRoom keeps relays within the members' budgets while newcomers come and
   const { say, clock } = chatRoom(conn);
   for (let step = 0; step <= 120; step++) {
     clock.now = step * 100;
-    for (const member of members) await say(portOf(member), "hi");
+    for (const member of members) await say(member.port, "hi");
     for (let i = 0; step % 4 === 0 && i < 2; i++) {
       await say(40000 + newcomers++, "hi", "127.0.0.9");
     }
@@ -962,7 +1179,360 @@ test("SequenceStats follows 1,024 senders at once: a quiet one is forgotten into
   ]);
 });
 
-// The command line.
+// Client: what it sends, whose reply it trusts, its pace, its sizes.
+
+test("client.ts sends its words, after -- too, and --wait prints the reply, escaped", async () => {
+  await using server = echoing();
+  const port = `${server.port}`;
+  const from = `Message from 127.0.0.1:${port}: `;
+  assert.deepEqual(await runClient("-p", port, "-w", "some", "words\x1b[2J"), {
+    code: 0,
+    stdout: `${from}some words\\x1b[2J\n`,
+    stderr: `Sending a 14-byte datagram to 127.0.0.1:${port}\n`,
+  });
+  const { stderr } = await runClient("-p", port, "8 bytes!");
+  assert.equal(stderr, `Sending an 8-byte datagram to 127.0.0.1:${port}\n`);
+  for (const dashes of [["--"], ["--", "--"]]) { // deno task client -- -- -v
+    const dashed = await runClient(
+      "-p",
+      port,
+      "--wait",
+      ...dashes,
+      "-v",
+      "words",
+    );
+    assert.equal(dashed.stdout, `${from}-v words\n`);
+  }
+});
+
+test("client.ts --seq numbers #n/count, says the sizes it sends, paces without drift, and sums up", async () => {
+  using server = listen();
+  const port = `${server.port}`;
+  const { code, stdout, stderr } = await runClient(
+    ...["-p", port, "--count", "100", "--rate", "200", "--seq", "tick"],
+  );
+  assert.equal(code, 0, stderr);
+  assert.equal(stdout, "");
+  // "#1/100 tick" is 11 bytes, "#100/100 tick" 13: 1,192 in all.
+  const [, seconds] = stderr.match(
+    new RegExp(
+      `^Sending 100 numbered datagrams of 11 to 13 bytes to 127\\.0\\.0\\.1:${port}\n` +
+        "Sent 100 datagrams, 1,192 bytes in (0\\.\\d{3}) s: [\\d,]+/s\n$",
+    ),
+  ) ?? [];
+  // Datagram 100 is due 99 / 200 s after the first: a pace that slept 5 ms
+  // after each send would take longer.
+  assert.ok(Number(seconds) >= 0.495 && Number(seconds) < 0.75, stderr);
+  for (let n = 1; n <= 100; n++) {
+    assert.equal((await server.next())[0], `#${n}/100 tick`);
+  }
+});
+
+test("client.ts --wait prints the server's reply, not a stranger's, or says after --timeout ms that none came", async () => {
+  using server = listen();
+  using stranger = listen();
+  const where = `127.0.0.1:${server.port}`;
+  const sending = `Sending a 13-byte datagram to ${where}\n`;
+  {
+    await using child = new Child([
+      ...CLIENT,
+      "-p",
+      `${server.port}`,
+      "-w",
+      "-x",
+    ]);
+    const [, from] = await server.next();
+    await stranger.send(encoder.encode("I am the server"), from);
+    await stranger.send(new Uint8Array(), from);
+    await server.send(new Uint8Array([0xff, 0xfe, 0x00, 0x41]), from);
+    assert.deepEqual(await child.result(), {
+      code: 0,
+      stdout: `Message from ${where} (4 bytes): ff fe 00 41\n`,
+      stderr: `${sending}Ignored 2 datagrams not from ${where}\n`,
+    });
+  }
+  const start = performance.now();
+  await using child = new Child([
+    ...CLIENT,
+    "-p",
+    `${server.port}`,
+    "-w",
+    "-t",
+    "300",
+  ]);
+  const [, from] = await server.next();
+  await stranger.send(encoder.encode("not me"), from);
+  const { code, stdout, stderr } = await child.result();
+  const took = performance.now() - start;
+  assert.deepEqual({ code, stdout }, { code: 1, stdout: "" });
+  assert.equal(
+    stderr,
+    `${sending}error: no reply from ${where} within 300 ms (only server ` +
+      `--echo replies); ignored 1 datagram not from ${where}\n`,
+  );
+  // Less than the default 2,000 ms, start-up included.
+  assert.ok(took >= 300 && took < 1900, `took ${took} ms`);
+});
+
+// A socket on `::` that echoes once, in a child: the tests may not bind `::`.
+const ECHO_ON_ANY = `
+const conn = Deno.listenDatagram({ transport: "udp", hostname: "::", port: 0 });
+console.log(conn.addr.port);
+const [data, from] = await conn.receive();
+await conn.send(data, from);
+console.log(from.hostname);
+`;
+
+test("client.ts --wait takes the reply of an IPv4-mapped server as the server's", async () => {
+  await using server = new Child(["eval", "--unstable-net", ECHO_ON_ANY]);
+  const bound = await server.waitFor("stdout", /^(\d+)\n/).catch(() => {});
+  if (!bound) {
+    return console.log(`skipped: ${(await server.result()).stderr.trim()}`);
+  }
+  const port = bound[1];
+  // Older Deno allows an IPv4-mapped address only by name.
+  const allow = "--allow-net=[::ffff:127.0.0.1],[::ffff:7f00:1]";
+  const args = ["-H", "::ffff:127.0.0.1", "-p", port, "-w"];
+  const flags = [...CLIENT.slice(0, 3), allow, "client.ts"];
+  await using child = new Child([...flags, ...args]);
+  assert.deepEqual(await child.result(), {
+    code: 0,
+    stdout: `Message from [::ffff:127.0.0.1]:${port}: Hello, Server\n`,
+    stderr: `Sending a 13-byte datagram to [::ffff:7f00:1]:${port}\n`,
+  });
+  assert.equal((await server.result()).stdout, `${port}\n::ffff:127.0.0.1\n`);
+});
+
+// Interactive: -i, readLines(), interactive(), from a pipe and at a terminal.
+
+test("readLines() splits bytes into lines, strips line ends, keeps other bytes, skips lines too long", async () => {
+  const long = new Uint8Array(70_000).fill(0x62);
+  const input = ReadableStream.from([
+    encoder.encode("one\ntw"), // a line across two reads
+    encoder.encode("o\r\n\n"), // \r\n, then an empty line
+    new Uint8Array([0xff, 0xc3, 0x0a]), // not UTF-8: sent as it is
+    long.subarray(0, 40_000), // too long, across two reads
+    long.subarray(40_000),
+    encoder.encode(`\n${"c".repeat(65_507)}\r\n`), // the longest, and \r\n
+    encoder.encode(`${"d".repeat(65_508)}\nlast\r`), // one too long; a last \r
+  ]);
+  const lines = [];
+  for await (const line of readLines(input.getReader())) {
+    lines.push(typeof line === "number" ? line : decoder.decode(line));
+  }
+  assert.deepEqual(lines, [
+    ...["one", "two", "", "\ufffd\ufffd", 70_000],
+    ...["c".repeat(65_507), 65_508, "last"],
+  ]);
+});
+
+test("interactive() prints only the server's datagrams, escaped; a stranger does not keep it going", async () => {
+  using server = listen();
+  using stranger = listen();
+  const printed: string[] = [];
+  const arrived = Promise.withResolvers<void>();
+  const finished = Promise.withResolvers<void>();
+  let ended = 0, strangers = Promise.resolve(0);
+  const lines = (async function* () {
+    yield encoder.encode("one");
+    const [, from] = await server.next();
+    await stranger.send(encoder.encode("fake"), from);
+    await server.send(encoder.encode("real\x1b[2J"), from);
+    await within("the reply to be printed", arrived.promise);
+    yield "two";
+    strangers = keepSending(stranger, from, "noise", finished.promise);
+    ended = performance.now();
+  })();
+  const { ignored } = await within(
+    "interactive() to end",
+    interactive(lines, {
+      port: server.port,
+      linger: 200,
+      print: (text) => (printed.push(text), arrived.resolve()),
+    }),
+  );
+  finished.resolve();
+  const took = performance.now() - ended;
+  // 200 ms of quiet from the server: the stranger's datagrams do not count.
+  assert.ok(took >= 199 && took < 900, `took ${took} ms`);
+  assert.deepEqual(printed, [
+    `Message from 127.0.0.1:${server.port}: real\\x1b[2J`,
+  ]);
+  const noise = await strangers;
+  assert.ok(ignored >= 2 && ignored <= noise + 1, `${ignored} of ${noise}`);
+  assert.equal((await server.next())[0], "two");
+});
+
+test("interactive() rejects with what print threw, even null, and reads no further", async () => {
+  using server = listen();
+  let read = 0;
+  const lines = (async function* () {
+    yield encoder.encode("one");
+    read++;
+    const [, from] = await server.next();
+    await server.send(encoder.encode("reply"), from);
+    yield* readLines(new ReadableStream<Uint8Array>().getReader()); // no end
+  })();
+  const failing = interactive(lines, {
+    port: server.port,
+    print: () => Promise.reject(null),
+  });
+  await assert.rejects(
+    within("it to fail", failing),
+    (error) => error === null,
+  );
+  assert.equal(read, 1);
+});
+
+test("client.ts -i from a pipe sends lines as bytes, skips one too long, prints replies that come after the input", async () => {
+  await using server = echoing();
+  const port = `${server.port}`;
+  await using child = new Child([...CLIENT, "-i", "-p", port, "-t", "500"]);
+  await child.input.write(new Uint8Array(70_000).fill(0x61)); // too long
+  await child.input.write(encoder.encode("\none\ntwo\r\n"));
+  await child.input.write(new Uint8Array([0xff])); // not UTF-8: as it is
+  await child.input.write(encoder.encode(" three\r"));
+  await child.input.close();
+  const from = `Message from 127.0.0.1:${port}: `;
+  assert.deepEqual(await child.result(), {
+    code: 0,
+    stdout: `${from}one\n${from}two\n${from}\\xff three\n`,
+    stderr: `Sending each line to 127.0.0.1:${port}; Ctrl+D ends\n` +
+      "error: line 1 is 70000 bytes, more than the 65507 a UDP datagram can carry; not sent\n",
+  });
+});
+
+test("client.ts -i with a --timeout too long for setTimeout keeps listening after the input ends", async () => {
+  using server = listen();
+  const port = `${server.port}`;
+  // 5 x 500,000,000 ms is past setTimeout's 2^31-1: unclamped, it fired
+  // after 1 ms, with a warning.
+  await using child = new Child([
+    ...CLIENT,
+    "-i",
+    "-p",
+    port,
+    "-t",
+    "500000000",
+  ]);
+  await child.input.write(encoder.encode("hello\n"));
+  const [, from] = await server.next();
+  // A line too long, without a line end: reported once the input has ended.
+  await child.input.write(new Uint8Array(65_508).fill(0x61));
+  await child.input.close();
+  await child.waitFor("stderr", /; not sent\n/);
+  await server.send(encoder.encode("late"), from);
+  await child.waitFor("stdout", /: late\n/);
+  child.process.kill("SIGTERM");
+  const { code, stderr } = await child.result();
+  assert.equal(code, 143); // still running when killed
+  assert.equal(
+    stderr,
+    `Sending each line to 127.0.0.1:${port}; Ctrl+D ends\n` +
+      "error: line 2 is 65508 bytes, more than the 65507 a UDP datagram can carry; not sent\n",
+  );
+});
+
+test("client.ts -i stops 5 x --timeout after the input ends, however long the server talks", async () => {
+  using server = listen();
+  await using child = new Child([
+    ...CLIENT,
+    "-i",
+    "-p",
+    `${server.port}`,
+    "-t",
+    "200",
+  ]);
+  await child.input.write(encoder.encode("talk\n"));
+  const [, from] = await server.next();
+  const ended = child.result();
+  const talking = keepSending(server, from, "more", ended);
+  const closed = performance.now();
+  await child.input.close();
+  const { code, stdout } = await ended;
+  const took = performance.now() - closed;
+  const count = await talking;
+  assert.equal(code, 0);
+  assert.ok(took >= 950 && took < 2500, `took ${took} ms`);
+  const lines = stdout.split("\n").slice(0, -1);
+  assert.ok(lines.length >= 10 && lines.length <= count, `${lines.length}`);
+  assert.ok(lines.every((line) => line.endsWith(": more")));
+});
+
+test.python("client.ts -i at a terminal prints what arrives above the line being typed", async () => {
+  using server = listen();
+  const port = server.port;
+  await using typist = atTerminal([...CLIENT, "-i", "-p", `${port}`]);
+  // Text typed right after Enter lands after the next prompt, and the cursor
+  // stays at its end.
+  await drive(typist, ["until", "> "], ["type", "first\rhalf typed"]);
+  await drive(typist, ["until", "half typed"], ["say", "typed"]);
+  const [first, from] = await server.next();
+  assert.equal(first, "first");
+  await typist.waitFor("stdout", /^typed\n/m);
+  await server.send(encoder.encode("incoming"), from);
+  await drive(typist, ["until", "incoming"], ["type", "!\r"]);
+  // Enter sends what was typed, whole, in the order typed.
+  assert.equal((await server.next())[0], "half typed!");
+  // Ctrl+C ends it at once, with exit code 130.
+  await drive(typist, ["type", "\x03"]);
+  const { code, screen } = await screenOf(typist);
+  assert.equal(code, 130, screen);
+  const lines = render(screen);
+  const at = lines.findIndex((line) => line.includes("incoming"));
+  assert.equal(lines[at], `Message from 127.0.0.1:${port}: incoming`, screen);
+  assert.equal(lines[at + 1], "> half typed!", screen);
+  assert.deepEqual(lines.slice(-2), ["> ", ""], screen);
+});
+
+test.python("client.ts -i with stdin a terminal and stdout a pipe prints no prompt and no escapes", async () => {
+  await using server = echoing();
+  const port = server.port;
+  const args = [...CLIENT, "-i", "-p", `${port}`, "-t", "300"];
+  await using typist = atTerminal(args, { mode: "stdin" });
+  await drive(typist, ["type", "one\n"], ["say", "typed"]);
+  await typist.waitFor("stdout", /: one\n/);
+  // Ctrl+D, after a line end: the end of input.
+  await drive(typist, ["type", "\x04"]);
+  await typist.input.close();
+  assert.deepEqual(await typist.result(), {
+    code: 0,
+    stdout: `typed\nMessage from 127.0.0.1:${port}: one\n`,
+    stderr: `Sending each line to 127.0.0.1:${port}; Ctrl+D ends\n`,
+  });
+});
+
+test.python("client.ts at a terminal cuts a reply to the width, its prefix counted", async () => {
+  await using server = echoing();
+  const port = server.port;
+  const args = [...CLIENT, "-p", `${port}`, "-w", "a".repeat(100)];
+  await using child = atTerminal(args, { columns: 60 });
+  const { code, screen } = await screenOf(child);
+  assert.equal(code, 0, screen);
+  // 60 columns: the prefix, then as much as leaves room for the marker.
+  const prefix = `Message from 127.0.0.1:${port}: `;
+  const kept = 60 - prefix.length - " \\[+100 bytes]".length;
+  const line = `${prefix}${"a".repeat(kept)} \\[+${100 - kept} bytes]`;
+  assert.ok(line.length <= 60);
+  assert.deepEqual(render(screen).slice(-2), [line, ""]);
+});
+
+test.python("client.ts at a terminal shows the progress of a long send on one line", async () => {
+  using server = listen();
+  const args = [...CLIENT, "-p", `${server.port}`, "-c", "300", "-r", "500"];
+  await using child = atTerminal(args);
+  const { code, screen } = await screenOf(child);
+  assert.equal(code, 0, screen);
+  // Drawn again in place, at most 4 times a second: 0.6 s, so 1 or 2 times.
+  const shown = screen.match(/\rSent \d+ of 300/g) ?? [];
+  assert.ok(shown.length >= 1 && shown.length <= 3, screen);
+  assert.match(
+    render(screen).at(-2)!,
+    /^Sent 300 datagrams, 3,900 bytes in 0\.\d{3} s: [\d,]+\/s$/,
+  );
+});
+
+// Command lines: server.ts's, then client.ts's.
 
 test("server.ts --help lists every option, the deno run form first", async () => {
   const { code, stdout, stderr } = await runServer(["--help"]);
@@ -988,7 +1558,7 @@ test("server.ts: a usage error is one line that ends (see --help), exit code 2; 
   using taken = listen();
   const port = "--port must be an integer from 0 to 65535, not";
   const typo = "--hostname takes no port: use -H";
-  const inUse = `cannot listen on ${keyOf(taken)}: address already in use`;
+  const inUse = `cannot listen on ${taken.key}: address already in use`;
   const no = (host: string, flag = `--allow-net=${host}`) =>
     `cannot listen on ${host}:6789: not allowed: run server.ts with ${flag}`;
   const stable = ["run", "--no-config", "--allow-net=127.0.0.1"]; // no unstable
@@ -1000,7 +1570,7 @@ test("server.ts: a usage error is one line that ends (see --help), exit code 2; 
     [["--echo", "--chat"], 2, "--echo and --chat cannot be used together"],
     [["-H", "127.0.0.1:6789"], 2, `${typo} 127.0.0.1 -p 6789`],
     [["--hostname=[::1]:6789"], 2, `${typo} ::1 -p 6789`],
-    [["-p", `${portOf(taken)}`], 1, inUse],
+    [["-p", `${taken.port}`], 1, inUse],
     [["-H", "0.0.0.0"], 1, no("0.0.0.0")],
     [["-H", "::"], 1, no("[::]", "'--allow-net=[::]'")],
     [[], 1, "Deno.listenDatagram is unstable: run with --unstable-net", stable],
@@ -1022,13 +1592,13 @@ test.posix("server.ts -H ::1 --echo --stats echoes, prints, warns once a second,
   let low;
   for (let port = 20000; !low && port < 20100; port++) {
     try {
-      low = Deno.listenDatagram({ transport: "udp", hostname: "::1", port });
+      low = listen("::1", port);
     } catch {
       // Taken: the next.
     }
   }
   assert.ok(low, "no free port below 32768");
-  using quiet = Object.assign(low, { [Symbol.dispose]: () => low.close() });
+  using quiet = low;
   const args = [...SERVER, "-H", "::1", "-p", "0", "--echo", "--stats"];
   await using server = new Child(args);
   const to = udp("::1", await server.port());
@@ -1036,17 +1606,17 @@ test.posix("server.ts -H ::1 --echo --stats echoes, prints, warns once a second,
   for (let i = 0; i < 5; i++) await quiet.send(encoder.encode(`${i}`), to);
   for (const text of ["#1/4 x", "#3/4 x", "#2/4 x", "#2/4 x", "plain"]) {
     await client.send(encoder.encode(text), to); // handled after those
-    assert.equal(await receiveText(client), text);
+    assert.equal((await client.next())[0], text);
   }
   server.process.kill("SIGINT");
   server.process.kill("SIGINT");
   const { code, stdout, stderr } = await server.result();
-  const [mine, theirs] = [`[::1]:${portOf(client)}`, `[::1]:${portOf(quiet)}`];
+  const [mine, theirs] = [`[::1]:${client.port}`, `[::1]:${quiet.port}`];
   const from = `Message from ${mine}: `;
   assert.deepEqual([code, stdout.split("\n").length], [0, 11]);
   assert.ok(stdout.endsWith(`\n${from}#2/4 x\n${from}#2/4 x\n${from}plain\n`));
   const lost = "1 lost (25.0%), 1 duplicated, 1 out of order";
-  const why = `port ${portOf(quiet)} is no client's (services listen there)`;
+  const why = `port ${quiet.port} is no client's (services listen there)`;
   assert.deepEqual(stderr.replace(/, [\d,]+\/s\n/g, "\n").split("\n"), [
     `Listening on [::1]:${to.port} (echo); Ctrl+C stops`,
     `warning: not replying to ${theirs}: ${why}`,
@@ -1066,8 +1636,8 @@ test.posix("server.ts ends when the reader of its output goes away: a summary an
   await server.waitFor("stdout", /: one\n/);
   await server.close("stdout"); // the reader goes, as `head -n 1` does
   await client.send(encoder.encode("two"), to);
-  assert.equal(await receiveText(client), "one");
-  assert.equal(await receiveText(client), "two");
+  assert.equal((await client.next())[0], "one");
+  assert.equal((await client.next())[0], "two");
   const { code, stderr } = await server.result();
   const said = "Received 2 datagrams, 6 bytes; the output was closed";
   assert.equal(stderr.replace(/^.*\n/, ""), `${said}, 1 line not written\n`);
@@ -1082,11 +1652,11 @@ test.posix("server.ts ends within 1.5 s of SIGINT while its stdout and stderr ar
     `dd if=/dev/zero of=/dev/fd/4 bs=${bs} oflag=nonblock 4>&2 2>/dev/null`;
   const filler = `read x; ${fill(4096)}; ${fill(1)}; echo full`;
   const sh = `exec 3<&0; (${filler}) <&3 & exec 3<&- "$0" "$@"`;
-  const options = { stdin: "piped", wrapper: ["sh", "-c", sh] };
-  await using server = new Child([...SERVER, "-p", "0", "--echo"], options);
+  const wrapper = ["sh", "-c", sh];
+  await using server = new Child([...SERVER, "-p", "0", "--echo"], { wrapper });
   const to = udp("127.0.0.1", await server.port());
-  const line = ReadableStream.from([encoder.encode("fill\n")]);
-  await line.pipeTo(server.process.stdin); // and closes it
+  await server.input.write(encoder.encode("fill\n"));
+  await server.input.close();
   await server.waitFor("stdout", /^full$/m);
   using client = listen();
   // 262,028-byte lines: the pipe takes 64 KiB, the server 1 MiB more.
@@ -1103,48 +1673,156 @@ test.posix("server.ts ends within 1.5 s of SIGINT while its stdout and stderr ar
   assert.equal(code, 1);
 });
 
-// Runs the server in a pseudo-terminal 200 columns wide, and sends it a
-// datagram; then makes it 80 columns wide, and sends the same until a line is
-// cut: no event says when the server has the new width. Then stops it.
-const PTY_SCRIPT = `
-import fcntl, json, os, pty, re, signal, socket, struct, sys, termios
-def resize(fd, columns):
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
-pid, fd = pty.fork()
-if pid == 0:
-    resize(1, 200)
-    os.execv(sys.argv[1], sys.argv[1:])
-screen = b""
-def until(pattern):
-    global screen
-    while not re.search(pattern, screen):
-        screen += os.read(fd, 4096)
-    return re.search(pattern, screen)
-port = int(until(rb"Listening on 127.0.0.1:(\\d+)")[1])
-client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-for count in range(1, 50):
-    if count == 2:
-        resize(fd, 80)
-        os.kill(pid, signal.SIGWINCH)
-    client.sendto(b"a" * 150, ("127.0.0.1", port))
-    until(rb"(?s:Message .*?\\r\\n){%d}" % count)
-    if screen.endswith(b"bytes]\\r\\n"):
-        break
-os.kill(pid, signal.SIGINT)
-until(rb"Received")
-code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-print(json.dumps([code, client.getsockname()[1], screen.decode()]))
-`;
-
 test.python("server.ts at a terminal cuts a line to the terminal's width, and follows a resize", async () => {
-  const wrapper = ["python3", "-c", PTY_SCRIPT];
-  await using server = new Child([...SERVER, "-p", "0"], { wrapper });
-  const { stdout } = await server.result();
-  const [code, port, screen] = JSON.parse(stdout);
+  await using server = atTerminal([...SERVER, "-p", "0"], { columns: 200 });
+  const listening = "Listening on 127.0.0.1:(\\d+)";
+  await drive(server, ["until", listening], ["say", "\\1"]);
+  const [, port] = await server.waitFor("stdout", /^(\d+)\n/);
+  const to = udp("127.0.0.1", Number(port));
+  using client = listen();
+  // A datagram at 200 columns; then at 80, the same until a line is cut: no
+  // event says when the server has the new width. Each step: the last line.
+  let last = "";
+  for (let count = 1; count < 50 && !last.endsWith("bytes]"); count++) {
+    if (count === 2) {
+      await drive(server, ["columns", "80"], ["signal", "SIGWINCH"]);
+    }
+    await client.send(encoder.encode("a".repeat(150)), to);
+    const shown = `(?:Message .*\\r\\n){${count - 1}}(Message .*)\\r\\n`;
+    await drive(server, ["until", shown], ["say", "\\1"]);
+    const said = new RegExp(`^(?:.*\\n){${count}}(.*)\\n`);
+    last = (await server.waitFor("stdout", said))[1];
+  }
+  await drive(server, ["signal", "SIGINT"], ["until", "Received"]);
+  const { code, screen } = await screenOf(server);
   assert.equal(code, 0, screen);
-  const prefix = `Message from 127.0.0.1:${port}: `;
+  const prefix = `Message from ${client.key}: `;
   const lines = screen.split("\r\n").filter((line: string) => line[0] === "M");
   const cut = prefix + "a".repeat(80 - prefix.length - 14) + " \\[+114 bytes]";
   const whole = prefix + "a".repeat(150);
   assert.deepEqual(lines, [...Array(lines.length - 1).fill(whole), cut]); // 80
+});
+
+test("client.ts --help lists every option with its default, on stdout", async () => {
+  const { code, stdout, stderr } = await runClient("-h");
+  assert.equal(code, 0);
+  assert.equal(stderr, "");
+  assert.match(stdout, /^Usage: deno run --unstable-net --no-prompt '--allow/);
+  const texts =
+    "Hello, Server|-H, --hostname <host>|127.0.0.1|-p, --port|6789|" +
+    '-c, --count|-r, --rate|-s, --seq|"#1/10 "|-w, --wait|-t, --timeout|2000|' +
+    "-i, --interactive|-x, --hex|-h, --help";
+  for (const text of texts.split("|")) {
+    assert.ok(stdout.includes(text), `--help mentions ${text}`);
+  }
+});
+
+test("client.ts: a usage error is one line that says what to do, exit code 2", async () => {
+  const cases = [
+    ["--count", "-1"],
+    '--count must be a positive integer, not "-1"',
+    ["--port", "0"],
+    '--port must be an integer from 1 to 65535, not "0"',
+    ["-p", "65536", "-h"],
+    '--port must be an integer from 1 to 65535, not "65536"',
+    ["--timeout", "\x1b[2J"],
+    '--timeout must be an integer from 1 to 2147483647, not "\\x1b[2J"',
+    ["-hello"],
+    "unknown option '-e': to send words that start with -, put -- before them",
+    ["-H", "::1:6789"],
+    "--hostname takes no port: use --hostname ::1 --port 6789",
+    ["-H", "127.0.0.1:6789"],
+    "--hostname takes no port: use --hostname 127.0.0.1 --port 6789",
+    ["--hostname=[::1]:6789"],
+    "--hostname takes no port: use --hostname ::1 --port 6789",
+    ["-H", "-bad"],
+    '--hostname must be a host name or an IP address, not "-bad"',
+    ["-H", "nonsense..host"],
+    '--hostname must be a host name or an IP address, not "nonsense..host"',
+    ["-i", "words"],
+    "--interactive sends the lines of its input: give it no message, --count, --rate, --seq or --wait",
+    ["x".repeat(65_508)],
+    "message is 65508 bytes, more than the 65507 a UDP datagram can carry",
+    // The largest number's prefix, "#10000/10000 ", counts too.
+    ["-s", "-c", "10000", "x".repeat(65_495)],
+    "message with its number is 65508 bytes, more than the 65507 a UDP datagram can carry",
+    ["-c"],
+    "option '-c, --count <value>' argument missing",
+  ] as const;
+  for (let i = 0; i < cases.length; i += 2) {
+    assert.deepEqual(await runClient(...cases[i] as readonly string[]), {
+      code: 2,
+      stdout: "",
+      stderr: `error: ${cases[i + 1]} (see --help)\n`,
+    });
+  }
+  // Just under the limit, the same is sent.
+  using server = listen();
+  const port = `${server.port}`;
+  const fits = await runClient("-p", port, "-s", "-c", "2", "x".repeat(65_502));
+  assert.equal(fits.code, 0, fits.stderr);
+  assert.equal((await server.next())[0].length, 65_507);
+});
+
+test("client.ts: a closed output is exit code 141, a write that fails one line and 1", async () => {
+  const sending = (port: number) =>
+    `Sending a 13-byte datagram to 127.0.0.1:${port}\n`;
+  {
+    // The reader of stdout goes away before the reply comes.
+    using server = listen();
+    await using child = new Child([...CLIENT, "-p", `${server.port}`, "-w"]);
+    const [data, from] = await server.next();
+    await child.close("stdout");
+    await server.send(encoder.encode(data), from);
+    const result = { code: 141, stdout: "", stderr: sending(server.port) };
+    assert.deepEqual(await child.result(), result);
+  }
+  if (!DEV_FULL) return console.log("skipped: no /dev/full here");
+  // `exec` in sh: the redirection, and then the client in sh's place.
+  const redirected = async (redirection: string, ...args: string[]) => {
+    const wrapper = ["sh", "-c", `exec "$0" "$@" ${redirection}`];
+    await using child = new Child([...CLIENT, ...args], { wrapper });
+    return await child.result();
+  };
+  const full = "error: cannot write to stdout: no space left on device\n";
+  assert.deepEqual(await redirected(">/dev/full", "--help"), {
+    code: 1,
+    stdout: "",
+    stderr: full,
+  });
+  await using server = echoing();
+  const port = `${server.port}`;
+  assert.deepEqual(await redirected(">/dev/full", "-p", port, "-w"), {
+    code: 1,
+    stdout: "",
+    stderr: sending(server.port) + full,
+  });
+  // stderr full too: nothing can be said, and it still ends, with 1.
+  const both = await redirected(">/dev/full 2>&1", "-p", port, "-w");
+  assert.deepEqual(both, { code: 1, stdout: "", stderr: "" });
+});
+
+test("client.ts: a host not allowed, or --unstable-net missing, is one line that says what to do", async () => {
+  assert.deepEqual(await runClient("-H", "NoSuch.invalid"), {
+    code: 1,
+    stdout: "",
+    stderr: "Sending a 13-byte datagram to nosuch.invalid:6789\n" +
+      "error: not allowed to send to NoSuch.invalid: run client.ts with --allow-net=nosuch.invalid\n",
+  });
+  // IPv6 in brackets, as --allow-net takes it, quoted for zsh; and the
+  // address to send from.
+  assert.deepEqual(await runClient("-H", "2001:DB8::1"), {
+    code: 1,
+    stdout: "",
+    stderr: "Sending a 13-byte datagram to [2001:db8::1]:6789\n" +
+      "error: not allowed to send to 2001:DB8::1: run client.ts with '--allow-net=[2001:db8::1],[::]'\n",
+  });
+  // --no-config: else deno.json's "unstable" would supply the flag.
+  const args = ["run", "--no-config", "--allow-net=127.0.0.1", "client.ts"];
+  await using child = new Child(args);
+  assert.deepEqual(await child.result(), {
+    code: 1,
+    stdout: "",
+    stderr: "error: Deno.listenDatagram is unstable: run with --unstable-net\n",
+  });
 });
