@@ -128,7 +128,8 @@ export class Output {
   #busy: PromiseWithResolvers<void> | undefined; // writing, or a line begun
   #queue: Uint8Array[] = []; // chunks to write, oldest first
   #offset = 0; // how much of the first is written
-  #chunk = new Uint8Array(CHUNK_SIZE); // where lines are collected
+  #chunk: Uint8Array = new Uint8Array(CHUNK_SIZE); // lines are collected here
+  #spare: Uint8Array[] = []; // chunks written, to collect lines in again
   #length = 0;
   #waiting = 0; // bytes not written yet
   #lines = 0; // lines not written yet
@@ -177,13 +178,15 @@ export class Output {
     if (this.#stop.signal.aborted) return;
     // A line that fits in a chunk is never cut across two.
     if (this.#length + line.length > CHUNK_SIZE) this.#flush();
-    for (let rest = line;; this.#flush()) {
-      const size = Math.min(rest.length, CHUNK_SIZE - this.#length);
-      this.#chunk.set(rest.subarray(0, size), this.#length);
-      this.#length += size;
-      rest = rest.subarray(size);
-      if (rest.length === 0) break; // else it goes on in the next chunk
+    let rest = line;
+    while (rest.length > CHUNK_SIZE - this.#length) { // longer than a chunk
+      const room = CHUNK_SIZE - this.#length;
+      this.#chunk.set(rest.subarray(0, room), this.#length);
+      [this.#length, rest] = [CHUNK_SIZE, rest.subarray(room)];
+      this.#flush();
     }
+    this.#chunk.set(rest, this.#length);
+    this.#length += rest.length;
     this.#waiting += line.length;
     this.#lines++;
     this.#schedule();
@@ -222,7 +225,8 @@ export class Output {
     this.#timer = undefined;
     if (this.#length > 0) {
       this.#queue.push(this.#chunk.subarray(0, this.#length));
-      [this.#chunk, this.#length] = [new Uint8Array(CHUNK_SIZE), 0];
+      this.#chunk = this.#spare.pop() ?? new Uint8Array(CHUNK_SIZE);
+      this.#length = 0;
     }
     if (this.#queue.length > 0 && !this.#stop.signal.aborted && !this.#error) {
       this.#writing ??= this.#write();
@@ -245,7 +249,9 @@ export class Output {
         this.#waiting -= written;
         this.#lines -= countLines(piece.subarray(0, written));
         if (this.#offset === this.#queue[0].length) {
-          [this.#offset] = [0, this.#queue.shift()];
+          // Written: its array serves again (fresh ones cost GC time).
+          this.#spare.push(new Uint8Array(this.#queue.shift()!.buffer));
+          this.#offset = 0;
         }
       } catch (error) {
         if (error instanceof Deno.errors.WouldBlock) {
@@ -398,6 +404,11 @@ export function escapeInto(
   at: number,
   columns = Infinity,
 ): number {
+  // Printable ASCII, the common case, is copied at once (the need: README).
+  if (data.length <= columns && isPlain(data)) {
+    out.set(data, at);
+    return at + data.length;
+  }
   const budget = columns - marker(data.length).length; // where a cut ends
   let o = at, width = 0, keptIn = 0, keptOut = at;
   for (let i = 0; i < data.length;) {
@@ -421,6 +432,13 @@ export function escapeInto(
     }
   }
   return o;
+}
+
+function isPlain(data: Uint8Array): boolean {
+  for (let i = 0; i < data.length; i++) {
+    if (data[i] < 0x20 || data[i] > 0x7e || data[i] === BACKSLASH) return false;
+  }
+  return true;
 }
 
 // A regex per character is slow, so each verdict is kept: 0 not known yet, 1
