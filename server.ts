@@ -43,7 +43,8 @@ export async function serve(options: ServeOptions, handler: Handler) {
         throw error;
       }
       // 3. Print it: the handler does (see `Printer`). A handler that returns
-      // a promise is waited for: it cannot keep up, so read no more for now.
+      // a promise is waited for (a full output, a reply under way): it needs
+      // `data` still, or cannot keep up, so read no more for now.
       const pending = handler(data, from as Deno.NetAddr, conn);
       if (pending) await settled(pending, signal);
     }
@@ -109,7 +110,7 @@ function isClosed(error: unknown): boolean {
 const CHUNK_SIZE = 65_536;
 const QUEUE_LIMIT = 1_048_576; // bytes waiting, beyond which printing waits
 const FLUSH_MS = 10; // lines that come together share a write
-// Every write is whole lines, at most PIPE_BUF (4096) bytes: a pipe takes that
+// A write is whole lines, at most PIPE_BUF (4096) bytes: a pipe takes that
 // whole or not at all, so WouldBlock (a non-blocking pipe) wrote nothing.
 const PIECE_SIZE = 4096;
 // Inside a longer line, up to 32 KiB at once: each write costs a thread
@@ -125,7 +126,8 @@ export class Output {
   #writer: { write(data: Uint8Array): Promise<number> };
   #onError: (error: Error) => void;
   #beside: Output | undefined;
-  #busy: PromiseWithResolvers<void> | undefined; // writing, or a line begun
+  #inFlight: PromiseWithResolvers<void> | undefined; // a write under way
+  #midLine: PromiseWithResolvers<void> | undefined; // a line begun, not ended
   #queue: Uint8Array[] = []; // chunks to write, oldest first
   #offset = 0; // how much of the first is written
   #chunk: Uint8Array = new Uint8Array(CHUNK_SIZE); // lines are collected here
@@ -204,15 +206,16 @@ export class Output {
     const late = delay(until - performance.now(), this.#stop.signal);
     await Promise.race([this.#writing, late]);
     this.#stop.abort(); // ends the delay, a retry's, and all writing
-    this.#idle(); // whatever is left of a line begun: not written
+    this.#lineEnds(true); // the rest of a line begun is not written
     clearTimeout(this.#timer);
     this.#progress.resolve();
     return this.#lines; // a write under way may land still: none is undone
   }
 
-  #idle() {
-    this.#busy?.resolve();
-    this.#busy = undefined;
+  #lineEnds(ended: boolean) {
+    if (!ended) return void (this.#midLine ??= Promise.withResolvers());
+    this.#midLine?.resolve();
+    this.#midLine = undefined;
   }
 
   #schedule() {
@@ -235,16 +238,20 @@ export class Output {
 
   async #write() {
     while (this.#queue.length > 0 && !this.#stop.signal.aborted) {
-      const other = this.#beside; // the two take turns: see the constructor
-      if (other && other.#busy) {
-        await other.#busy.promise;
+      const piece = nextPiece(this.#queue[0], this.#offset);
+      // Turns with `beside` (see the constructor): never inside its line, and
+      // no line of our own begun while its write is under way.
+      const other = this.#beside, ends = piece[piece.length - 1] === 0x0a;
+      const turn = other && (other.#midLine ?? (ends ? null : other.#inFlight));
+      if (turn) {
+        await turn.promise;
         continue;
       }
-      const piece = nextPiece(this.#queue[0], this.#offset);
-      this.#busy ??= Promise.withResolvers();
+      if (!ends) this.#lineEnds(false); // from now: a line begun
+      this.#inFlight = Promise.withResolvers();
       try {
         const written = await this.#writer.write(piece);
-        if (written > 0 && piece[written - 1] === 0x0a) this.#idle();
+        if (written > 0) this.#lineEnds(piece[written - 1] === 0x0a);
         this.#offset += written;
         this.#waiting -= written;
         this.#lines -= countLines(piece.subarray(0, written));
@@ -259,10 +266,12 @@ export class Output {
         } else if (!(error instanceof Deno.errors.Interrupted)) {
           this.#error = error instanceof Error ? error : new Error(`${error}`);
           this.#onError(this.#error);
-          this.#idle();
+          this.#lineEnds(true);
           break;
         }
       } finally {
+        this.#inFlight?.resolve();
+        this.#inFlight = undefined;
         this.#progress.resolve();
         this.#progress = Promise.withResolvers();
       }
@@ -321,7 +330,7 @@ export class Printer {
   #output: Output;
   #hex: boolean;
   // The last sender's prefix, as bytes: most datagrams come from the sender
-  // of the one before (measured: see the README's "How fast is it?").
+  // of the one before (measured: see the README's "Speed").
   #from: Deno.NetAddr | undefined;
   #prefix: Uint8Array = new Uint8Array();
   #line: Uint8Array = new Uint8Array(CHUNK_SIZE); // each line is made here
@@ -642,18 +651,14 @@ export function echo(
     const sent = sends.get(key)?.filter((s) => time - s.at < LOOP_MS) ?? [];
     const back = 1 + (sent.findLast((s) => s.hash === h)?.back ?? -1);
     if (back >= LOOP_LIMIT) return not(`an echo loop (back ${back} times)`);
+    const over = (s: { at: number }[]) => time - s[s.length - 1].at >= LOOP_MS;
+    if (!sends.has(key) && !makeRoom(sends, over)) return not("busy");
     if (!takeFor(buckets, key, REPLY_RATE, time)) {
       return not("over 100 a second");
     }
-    sends.delete(key);
-    if (!makeRoom(sends, (s) => time - s.at(-1)!.at >= LOOP_MS)) {
-      return not("busy");
-    }
-    sends.set(key, [...sent.slice(1 - LOOP_MEMORY), {
-      hash: h,
-      at: time,
-      back,
-    }]);
+    sends.delete(key); // and set again at the end: sent to last
+    const send = { hash: h, at: time, back };
+    sends.set(key, [...sent.slice(1 - LOOP_MEMORY), send]);
     try {
       await conn.send(data, from);
     } catch (error) {
@@ -785,8 +790,9 @@ export class ChatRoom {
 const WINDOW = 4096; // numbers remembered, to tell a duplicate from a late one
 const MAX_SENDERS = 1024;
 // A sender is forgotten (its counts kept in the total) only once quiet for
-// QUIET_MS: forgetting a run under way would count its loss twice.
-const QUIET_MS = 60_000;
+// QUIET_MS, longer than the client's slowest pace (1 a second): forgetting a
+// run under way would count its loss twice.
+const QUIET_MS = 5_000;
 const TOP_SENDERS = 5; // named in the summary, busiest first
 // `#<n> ` or `#<n>/<count> `: decimal from 1, no leading zero, up to 9 digits.
 const NUMBERED = /^#([1-9]\d{0,8})(?:\/([1-9]\d{0,8}))? /;
@@ -992,14 +998,17 @@ Options:
       --hex              show each datagram's length and bytes in hex
       --stats            count what the numbers of \`client --seq\` tell (#1/10,
                          #2/10, ...): when stopped, say how many were lost,
-                         duplicated or out of order, and the rate
+                         duplicated, out of order, too late (4,096 behind:
+                         counted as come), stray (not of the sender's run) or
+                         unnumbered, and the rate
       --echo             send every datagram back to its sender: ${REPLY_BURST} at
                          once, then ${REPLY_PER_SECOND} a second to each address; bytes that
                          come back within ${LOOP_MS} ms of our echo of them, the
                          ${LOOP_LIMIT}nd time in a row, are a loop: not answered
       --chat             relay every datagram to the other members, the
                          addresses heard in the last 5 minutes (${CHAT_MAX_MEMBERS} at
-                         most): ${RELAY_BURST} at once, then ${RELAY_PER_SECOND} a second from each
+                         most): from each, its first message, then ${RELAY_PER_SECOND} a
+                         second, saved up to ${RELAY_BURST}
   -h, --help             show this help
 
 --echo and --chat reply only to ports that systems give clients (${CLIENT_PORTS}
@@ -1036,10 +1045,11 @@ function parseOptions(args: string[]) {
   // Defaults here, not in parseArgs: Deno 2.0's types miss them.
   const { hostname = DEFAULT_HOSTNAME, port = `${DEFAULT_PORT}` } = values;
   // A port where only a host belongs: 127.0.0.1:6789, [::1]:6789.
-  const [, host, typo] = /^\[(.*)\]:(\d+)$|^([^:]*):(\d+)$/.exec(hostname)
-    ?.filter(Boolean) ?? [];
-  if (host) {
-    throw new Error(`--hostname takes no port: use -H ${host} -p ${typo}`);
+  const typo = /^\[(.*)\]:(\d+)$|^([^:]*):(\d+)$/.exec(hostname);
+  if (typo) {
+    const [host, port] = [typo[1] ?? typo[3], typo[2] ?? typo[4]];
+    const use = host ? `-H ${host} -p ${port}` : `-p ${port}`;
+    throw new Error(`--hostname takes no port: use ${use}`);
   }
   if (!/^\d+$/.test(port) || Number(port) > 65_535) {
     throw new Error(`--port must be an integer from 0 to 65535, not "${port}"`);
