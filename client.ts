@@ -299,7 +299,9 @@ export async function interactive(
   const iterator = lines[Symbol.asyncIterator]();
   try {
     for (let n = 1;; n++) {
-      const { done, value } = await Promise.race([iterator.next(), failed]);
+      const next = iterator.next();
+      next.catch(() => {}); // if it fails after printing did, nobody waits
+      const { done, value } = await Promise.race([next, failed]);
       if (done) break;
       const line = typeof value === "string" ? encoder.encode(value) : value;
       try {
@@ -378,7 +380,7 @@ function formatMessage(data: Uint8Array, from: Deno.NetAddr, hex?: boolean) {
   const size = hex ? ` (${plural(data.length, "byte")})` : "";
   const prefix = `Message from ${formatAddress(from)}${size}: `;
   const columns = Deno.stdout.isTerminal()
-    ? (Deno.consoleSize().columns || Infinity) - prefix.length
+    ? (Deno.consoleSize().columns || 80) - prefix.length // 0: unknown
     : Infinity;
   const out = new Uint8Array(MAX_EXPANSION * data.length + MARKER_ROOM);
   const end = (hex ? hexInto : escapeInto)(data, out, 0, columns);
@@ -439,6 +441,11 @@ export function escapeInto(
   at: number,
   columns = Infinity,
 ): number {
+  // Printable ASCII, the common case, is copied at once (the need: README).
+  if (data.length <= columns && isPlain(data)) {
+    out.set(data, at);
+    return at + data.length;
+  }
   const budget = columns - marker(data.length).length; // where a cut ends
   let o = at, width = 0, keptIn = 0, keptOut = at;
   for (let i = 0; i < data.length;) {
@@ -462,6 +469,13 @@ export function escapeInto(
     }
   }
   return o;
+}
+
+function isPlain(data: Uint8Array): boolean {
+  for (let i = 0; i < data.length; i++) {
+    if (data[i] < 0x20 || data[i] > 0x7e || data[i] === BACKSLASH) return false;
+  }
+  return true;
 }
 
 // A regex per character is slow, so each verdict is kept: 0 not known yet, 1
@@ -604,7 +618,7 @@ after -- are the message, even if they start with a dash.
 Options:
   -H, --hostname <host>  server to send to (default: ${DEFAULT_HOSTNAME})
   -p, --port <port>      its port (default: ${DEFAULT_PORT})
-  -c, --count <n>        send the message n times (default: 1)
+  -c, --count <n>        send the message n times, up to 999999999 (default: 1)
   -r, --rate <n>         send n datagrams a second (default: as fast as it can)
   -s, --seq              start each datagram with its number: "#1/10 ", ...
   -w, --wait             then wait for the server's reply, and print it
@@ -630,7 +644,13 @@ const OPTIONS = {
   help: { type: "boolean", short: "h" },
 } as const;
 // The greatest value of each number (the least is 1).
-const MAX = { port: 65_535, count: Infinity, rate: 1e6, timeout: 2 ** 31 - 1 };
+// --count: --seq's numbers have 9 digits at most (server.ts reads no more).
+const MAX = {
+  port: 65_535,
+  count: 999_999_999,
+  rate: 1e6,
+  timeout: 2 ** 31 - 1,
+};
 
 type Options = ReturnType<typeof parseOptions>;
 
@@ -701,9 +721,7 @@ function parse(args: string[]) {
 function integer(name: keyof typeof MAX, text: string): number {
   const value = Number(text);
   if (/^\d+$/.test(text) && value >= 1 && value <= MAX[name]) return value;
-  const range = MAX[name] === Infinity
-    ? "a positive integer"
-    : `an integer from 1 to ${MAX[name]}`;
+  const range = `an integer from 1 to ${MAX[name]}`;
   throw new Failure(`--${name} must be ${range}, not "${text}"`, EXIT_USAGE);
 }
 

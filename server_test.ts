@@ -1733,7 +1733,7 @@ test("client.ts --help lists every option with its default, on stdout", async ()
 test("client.ts: a usage error is one line that says what to do, exit code 2", async () => {
   const cases = [
     ["--count", "-1"],
-    '--count must be a positive integer, not "-1"',
+    '--count must be an integer from 1 to 999999999, not "-1"',
     ["--port", "0"],
     '--port must be an integer from 1 to 65535, not "0"',
     ["-p", "65536", "-h"],
