@@ -915,7 +915,8 @@ function add(total: Counts, counts: Counts): true {
 /** `10,000 expected, 3,968 received, 6,032 lost (60.3%), 0 duplicated, 0 out of order, 81,528/s` */
 function describe(counts: Counts): string {
   const { expected, received, arrived, first, last } = counts;
-  const lost = Math.max(0, expected - arrived), share = lost * 100 / expected;
+  const lost = Math.max(0, expected - arrived);
+  const share = expected ? lost * 100 / expected : 0;
   const percent = share > 0 && share < 0.1 ? "<0.1" : share.toFixed(1);
   const parts: [number, string, unknown][] = [
     [expected, "expected", expected],
@@ -1044,6 +1045,7 @@ function parseOptions(args: string[]) {
   });
   // Defaults here, not in parseArgs: Deno 2.0's types miss them.
   const { hostname = DEFAULT_HOSTNAME, port = `${DEFAULT_PORT}` } = values;
+  if (values.help) return { ...values, hostname, port: DEFAULT_PORT }; // first
   // A port where only a host belongs: 127.0.0.1:6789, [::1]:6789.
   const typo = /^\[(.*)\]:(\d+)$|^([^:]*):(\d+)$/.exec(hostname);
   if (typo) {
