@@ -1,7 +1,8 @@
 // Tests for server.ts and client.ts: their exports on real sockets (loopback,
 // port 0, a plain socket in the other's place), and their command lines run as
 // child processes. They wait for events (a datagram, a line, a process's end),
-// never for time to pass: the rules that keep time get a fake clock.
+// never for time to pass (one bounded load loop paces what it sends): the
+// rules that keep time get a fake clock.
 import assert from "node:assert/strict";
 import {
   all,
