@@ -106,17 +106,15 @@ function isClosed(error: unknown): boolean {
 // 1. A slow output. A UDP sender does not wait: while the server waits for
 // its output (a slow terminal, a paused pipe), the socket's queue fills and
 // the kernel drops what comes. And `console.log()` blocks the process, Ctrl+C
-// included. So lines are written in the background, by `write()`.
-const CHUNK_SIZE = 65_536;
+// included. So lines are written in the background, by `Output`.
 const QUEUE_LIMIT = 1_048_576; // bytes waiting, beyond which printing waits
 const FLUSH_MS = 10; // lines that come together share a write
-// A write is whole lines, at most PIPE_BUF (4096) bytes: a pipe takes that
-// whole or not at all, so WouldBlock (a non-blocking pipe) wrote nothing.
+// One rule for writes: whole lines, at most PIPE_BUF (4096) bytes, which a
+// pipe takes whole or not at all; a longer line in pieces of up to 32 KiB,
+// since each write costs a hand-over to another thread.
 const PIECE_SIZE = 4096;
-// Inside a longer line, up to 32 KiB at once: each write costs a thread
-// hand-over (see the README's "What escaping costs").
 const LONG_PIECE_SIZE = 32_768;
-const RETRY_MS = 5;
+const RETRY_MS = 5; // after WouldBlock: a non-blocking pipe is full
 
 /** Lines on their way to a writer such as `Deno.stdout`: in order, in the background, 1 MiB waiting at most. */
 export class Output {
@@ -126,18 +124,16 @@ export class Output {
   #writer: { write(data: Uint8Array): Promise<number> };
   #onError: (error: Error) => void;
   #beside: Output | undefined;
-  #inFlight: PromiseWithResolvers<void> | undefined; // a write under way
-  #midLine: PromiseWithResolvers<void> | undefined; // a line begun, not ended
-  #queue: Uint8Array[] = []; // chunks to write, oldest first
-  #offset = 0; // how much of the first is written
-  #chunk: Uint8Array = new Uint8Array(CHUNK_SIZE); // lines are collected here
-  #spare: Uint8Array[] = []; // chunks written, to collect lines in again
-  #length = 0;
-  #waiting = 0; // bytes not written yet
-  #lines = 0; // lines not written yet
-  #writing: Promise<void> | undefined;
-  #timer: ReturnType<typeof setTimeout> | undefined;
-  #progress = Promise.withResolvers<void>(); // after each write
+  // Two buffers, reused: lines are added to one while the other is written.
+  #adding = new Uint8Array(65_536);
+  #added = 0;
+  #writing = new Uint8Array(65_536);
+  #start = 0; // what is not written yet in #writing, from #start to #end
+  #end = 0;
+  #loop: Promise<void> | undefined; // the writing, while under way
+  #busy = false; // a write under way
+  #midLine = false; // a line begun and not ended
+  #changed = Promise.withResolvers<void>(); // after each write, and at a stop
   #stop = new AbortController();
 
   /**
@@ -163,35 +159,30 @@ export class Output {
 
   /** Whether 1 MiB or more is waiting. */
   get full(): boolean {
-    return this.#waiting >= QUEUE_LIMIT;
+    return this.#end - this.#start + this.#added >= QUEUE_LIMIT;
   }
 
   /** Resolves once less than 1 MiB is waiting, or the output has stopped; rejects if the writer failed. */
   async room() {
     while (this.full && !this.#error && !this.#stop.signal.aborted) {
-      await this.#progress.promise;
+      await this.#changed.promise;
     }
     if (this.#error) throw this.#error;
   }
 
   /** Adds `line`, which ends in "\n", by copying it; throws if the writer failed. */
   append(line: Uint8Array) {
-    if (this.#error) throw (this.#lines++, this.#error); // a line not written
     if (this.#stop.signal.aborted) return;
-    // A line that fits in a chunk is never cut across two.
-    if (this.#length + line.length > CHUNK_SIZE) this.#flush();
-    let rest = line;
-    while (rest.length > CHUNK_SIZE - this.#length) { // longer than a chunk
-      const room = CHUNK_SIZE - this.#length;
-      this.#chunk.set(rest.subarray(0, room), this.#length);
-      [this.#length, rest] = [CHUNK_SIZE, rest.subarray(room)];
-      this.#flush();
+    const needed = this.#added + line.length;
+    if (needed > this.#adding.length) {
+      const more = new Uint8Array(Math.max(needed, 2 * this.#adding.length));
+      more.set(this.#adding.subarray(0, this.#added));
+      this.#adding = more;
     }
-    this.#chunk.set(rest, this.#length);
-    this.#length += rest.length;
-    this.#waiting += line.length;
-    this.#lines++;
-    this.#schedule();
+    this.#adding.set(line, this.#added);
+    this.#added = needed;
+    if (this.#error) throw this.#error; // the line kept: counted as unwritten
+    this.#loop ??= this.#write();
   }
 
   /** Adds `text` as a line, or drops it while 1 MiB waits: for diagnostics, which must hold nothing up. */
@@ -202,94 +193,66 @@ export class Output {
 
   /** Writes until `until` (`performance.now()`), then stops; returns how many lines were not written. */
   async finish(until: number): Promise<number> {
-    this.#flush();
     const late = delay(until - performance.now(), this.#stop.signal);
-    await Promise.race([this.#writing, late]);
+    await Promise.race([this.#loop, late]);
     this.#stop.abort(); // ends the delay, a retry's, and all writing
-    this.#lineEnds(true); // the rest of a line begun is not written
-    clearTimeout(this.#timer);
-    this.#progress.resolve();
-    return this.#lines; // a write under way may land still: none is undone
-  }
-
-  #lineEnds(ended: boolean) {
-    if (!ended) return void (this.#midLine ??= Promise.withResolvers());
-    this.#midLine?.resolve();
-    this.#midLine = undefined;
-  }
-
-  #schedule() {
-    if (this.#writing || this.#error || this.#stop.signal.aborted) return;
-    this.#timer ??= setTimeout(() => this.#flush(), FLUSH_MS);
-  }
-
-  #flush() {
-    clearTimeout(this.#timer);
-    this.#timer = undefined;
-    if (this.#length > 0) {
-      this.#queue.push(this.#chunk.subarray(0, this.#length));
-      this.#chunk = this.#spare.pop() ?? new Uint8Array(CHUNK_SIZE);
-      this.#length = 0;
-    }
-    if (this.#queue.length > 0 && !this.#stop.signal.aborted && !this.#error) {
-      this.#writing ??= this.#write();
-    }
+    this.#midLine = false; // the rest of a line begun is not written
+    this.#changed.resolve();
+    // A write under way may land still: none is undone.
+    return countLines(this.#writing.subarray(this.#start, this.#end)) +
+      countLines(this.#adding.subarray(0, this.#added));
   }
 
   async #write() {
-    while (this.#queue.length > 0 && !this.#stop.signal.aborted) {
-      const piece = nextPiece(this.#queue[0], this.#offset);
+    await delay(FLUSH_MS, this.#stop.signal);
+    while (!this.#stop.signal.aborted) {
+      if (this.#start === this.#end) { // all written: the buffers change places
+        if (this.#added === 0) break;
+        [this.#adding, this.#writing] = [this.#writing, this.#adding];
+        [this.#start, this.#end, this.#added] = [0, this.#added, 0];
+      }
+      const lines = this.#writing.subarray(0, this.#end);
+      const piece = nextPiece(lines, this.#start), other = this.#beside;
       // Turns with `beside` (see the constructor): never inside its line, and
       // no line of our own begun while its write is under way.
-      const other = this.#beside, ends = piece[piece.length - 1] === 0x0a;
-      const turn = other && (other.#midLine ?? (ends ? null : other.#inFlight));
-      if (turn) {
-        await turn.promise;
+      const ends = piece[piece.length - 1] === 0x0a;
+      if (other && (other.#midLine || (!ends && other.#busy))) {
+        await other.#changed.promise;
         continue;
       }
-      if (!ends) this.#lineEnds(false); // from now: a line begun
-      this.#inFlight = Promise.withResolvers();
+      [this.#busy, this.#midLine] = [true, this.#midLine || !ends];
       try {
         const written = await this.#writer.write(piece);
-        if (written > 0) this.#lineEnds(piece[written - 1] === 0x0a);
-        this.#offset += written;
-        this.#waiting -= written;
-        this.#lines -= countLines(piece.subarray(0, written));
-        if (this.#offset === this.#queue[0].length) {
-          // Written: its array serves again (fresh ones cost GC time).
-          this.#spare.push(new Uint8Array(this.#queue.shift()!.buffer));
-          this.#offset = 0;
-        }
+        if (written > 0) this.#midLine = piece[written - 1] !== 0x0a;
+        this.#start += written;
       } catch (error) {
         if (error instanceof Deno.errors.WouldBlock) {
           await delay(RETRY_MS, this.#stop.signal);
         } else if (!(error instanceof Deno.errors.Interrupted)) {
           this.#error = error instanceof Error ? error : new Error(`${error}`);
+          this.#midLine = false;
           this.#onError(this.#error);
-          this.#lineEnds(true);
           break;
         }
       } finally {
-        this.#inFlight?.resolve();
-        this.#inFlight = undefined;
-        this.#progress.resolve();
-        this.#progress = Promise.withResolvers();
+        this.#busy = false;
+        this.#changed.resolve();
+        this.#changed = Promise.withResolvers();
       }
     }
-    this.#writing = undefined;
-    if (this.#length > 0) this.#schedule(); // lines that came meanwhile
+    this.#loop = undefined;
   }
 }
 
-/** What to write next of `chunk` from `start`: whole lines up to PIECE_SIZE, or a long line's next piece. */
-function nextPiece(chunk: Uint8Array, start: number): Uint8Array {
-  const piece = chunk.subarray(start, start + PIECE_SIZE);
-  if (start + piece.length === chunk.length) return piece;
+/** What to write next of `lines` from `start`: whole lines up to PIECE_SIZE, or a long line's next piece. */
+function nextPiece(lines: Uint8Array, start: number): Uint8Array {
+  const piece = lines.subarray(start, start + PIECE_SIZE);
+  if (start + piece.length === lines.length) return piece;
   const newline = piece.lastIndexOf(0x0a);
   if (newline >= 0) return piece.subarray(0, newline + 1);
-  const end = chunk.indexOf(0x0a, start + PIECE_SIZE);
-  const stop = end < 0 ? chunk.length : end; // the line end in a short piece
-  return chunk.subarray(start, Math.min(stop, start + LONG_PIECE_SIZE));
+  const end = lines.indexOf(0x0a, start + PIECE_SIZE);
+  const stop = end < 0 ? lines.length : end; // the line end in a short piece
+  return lines.subarray(start, Math.min(stop, start + LONG_PIECE_SIZE));
 }
 
 function countLines(bytes: Uint8Array): number {
@@ -329,11 +292,10 @@ export class Printer {
   columns: number;
   #output: Output;
   #hex: boolean;
-  // The last sender's prefix, as bytes: most datagrams come from the sender
-  // of the one before (measured: see the README's "Speed").
+  // The last sender's prefix: most datagrams come from the one before's.
   #from: Deno.NetAddr | undefined;
-  #prefix: Uint8Array = new Uint8Array();
-  #line: Uint8Array = new Uint8Array(CHUNK_SIZE); // each line is made here
+  #prefix = new Uint8Array();
+  #line = new Uint8Array(65_536); // each line is made here
 
   /** A printer to `output`; at a terminal, `columns` is its width. */
   constructor(output: Output, options: { hex?: boolean; columns?: number }) {
@@ -346,41 +308,24 @@ export class Printer {
   print: Handler = (data, from) => {
     this.datagrams++;
     this.bytes += data.length;
-    const prefix = this.#prefixOf(from, data.length);
-    const size = prefix.length + MAX_EXPANSION * data.length + MARKER_ROOM;
-    if (size >= this.#line.length) this.#line = new Uint8Array(size + 1);
-    const line = this.#line, columns = this.columns - prefix.length;
+    const last = this.#from, hex = this.#hex;
+    if (hex || from.port !== last?.port || from.hostname !== last.hostname) {
+      const size = hex ? ` (${plural(data.length, "byte")})` : "";
+      const prefix = `Message from ${formatAddress(from)}${size}: `;
+      [this.#from, this.#prefix] = [from, encoder.encode(prefix)];
+    }
+    const prefix = this.#prefix, at = prefix.length;
+    const size = at + MAX_EXPANSION * data.length + MARKER_ROOM + 1;
+    if (size > this.#line.length) this.#line = new Uint8Array(size);
+    const line = this.#line;
     line.set(prefix);
-    let end = (this.#hex ? hexInto : escapeInto)(
-      data,
-      line,
-      prefix.length,
-      columns,
-    );
+    let end = (hex ? hexInto : escapeInto)(data, line, at, this.columns - at);
     line[end++] = 0x0a; // "\n"
     this.#output.append(line.subarray(0, end));
     // Far behind: read no more until it catches up. Meanwhile the kernel
     // queues what arrives, then drops it, as for any slow receiver.
     if (this.#output.full) return this.#output.room();
   };
-
-  #prefixOf(from: Deno.NetAddr, length: number): Uint8Array {
-    const sender = formatAddress(from);
-    if (this.#hex) {
-      return encoder.encode(
-        `Message from ${sender} (${plural(length, "byte")}): `,
-      );
-    }
-    if (
-      from.port !== this.#from?.port || from.hostname !== this.#from.hostname
-    ) {
-      [this.#from, this.#prefix] = [
-        from,
-        encoder.encode(`Message from ${sender}: `),
-      ];
-    }
-    return this.#prefix;
-  }
 }
 
 // --- escaper: client.ts copies from here ---
@@ -451,7 +396,7 @@ function isPlain(data: Uint8Array): boolean {
 }
 
 // A regex per character is slow, so each verdict is kept: 0 not known yet, 1
-// shown, 2 hidden (the need measured: see the README's "What escaping costs").
+// shown, 2 hidden (the need: README).
 const verdicts = new Uint8Array(0x110000);
 
 function isHidden(codePoint: number): boolean {
@@ -514,17 +459,15 @@ function hexInto(
   at: number,
   columns: number,
 ) {
+  const fits = 3 * data.length - 1 <= columns;
   const room = Math.floor((columns - marker(data.length).length + 1) / 3);
-  const shown = 3 * data.length - 1 <= columns
-    ? data.length
-    : Math.max(0, room);
+  const shown = fits ? data.length : Math.max(0, room);
   let o = at;
   for (let i = 0; i < shown; i++) {
     if (i > 0) out[o++] = 0x20; // " "
     [out[o++], out[o++]] = [HEX[data[i] >> 4], HEX[data[i] & 0xf]];
   }
-  if (shown === data.length) return o;
-  return writeText(out, o, marker(data.length - shown));
+  return fits ? o : writeText(out, o, marker(data.length - shown));
 }
 // --- escaper: to here ---
 
@@ -566,7 +509,7 @@ function refusal(self: Deno.NetAddr, to: Deno.NetAddr): string | undefined {
   }
 }
 
-/** A token bucket: a budget of `burst` at once, refilled at `perSecond`. */
+/** A token bucket: a budget of up to `burst` tokens, refilled at `perSecond`. */
 interface Bucket {
   tokens: number;
   at: number; // ms
@@ -588,38 +531,6 @@ function take(bucket: Bucket, rate: Rate, now: number): boolean {
   return true;
 }
 
-// Tables keyed by address are bounded, since forged sources have no end; and
-// they forget only what has run its course (a bucket full again, a send over
-// LOOP_MS old), or forgetting would hand a fresh budget to whoever filled the
-// table. So a table full of live entries turns newcomers away for a moment.
-const MAX_KEYS = 4096;
-
-/** Makes room for one more key in `table` (used longest ago first), if its oldest entry is `done`. */
-function makeRoom<T>(
-  table: Map<string, T>,
-  done: (entry: T) => boolean,
-  max = MAX_KEYS,
-) {
-  if (table.size < max) return true;
-  const [key, entry] = table.entries().next().value!;
-  return done(entry) && table.delete(key);
-}
-
-/** Takes a token from the bucket of `key` in `table`, if it has one. */
-function takeFor(
-  table: Map<string, Bucket>,
-  key: string,
-  rate: Rate,
-  now: number,
-): boolean {
-  let bucket = table.get(key);
-  if (bucket) table.delete(key);
-  else if (!makeRoom(table, (old) => refill(old, rate, now))) return false;
-  bucket ??= { tokens: rate[0], at: now };
-  table.set(key, bucket); // at the end: used last
-  return take(bucket, rate, now);
-}
-
 // Echo: each datagram goes back to its sender, byte for byte, as a game
 // server's reply would: at most REPLY_RATE a second to an address. A loop
 // with another echo server sends the same bytes back within a round trip,
@@ -629,10 +540,14 @@ function takeFor(
 const REPLY_RATE: Rate = [100, 100];
 const LOOP_MS = 10;
 const LOOP_LIMIT = 2;
-const LOOP_MEMORY = 64; // sends remembered per address
+const LOOP_MEMORY = 64; // replies remembered per address
+// Addresses remembered, since forged sources have no end. Only one that has
+// run its course (its budget full again, no reply in LOOP_MS) is forgotten:
+// forgetting one under way would hand whoever filled the table a fresh budget.
+const MAX_PEERS = 4096;
 
-// Reports a problem as a warning of a kind (`echo`, `chat`), and the clock for
-// the rules that keep time (in ms: `performance.now()`, or a test's).
+// Reports a problem as a warning of a kind (`echo`, `chat`); reads the time,
+// in ms (`performance.now()`, or a test's clock).
 type Warn = (kind: string, text: string) => void;
 type Clock = { clock?: () => number };
 
@@ -641,24 +556,29 @@ export function echo(
   warn: (kind: string, text: string) => void,
   { clock = now }: { clock?: () => number } = {},
 ): Handler {
-  const buckets = new Map<string, Bucket>();
-  const sends = new Map<string, { hash: number; at: number; back: number }[]>();
+  type Reply = { hash: number; at: number; back: number };
+  const peers = new Map<string, { budget: Bucket; sent: Reply[] }>();
   return async (data, from, conn) => {
     const time = clock(), key = formatAddress(from), h = hash(data);
     const not = (why: string) => warn("echo", `not replying to ${key}: ${why}`);
     const refused = refusal(conn.addr as Deno.NetAddr, from);
     if (refused) return not(refused);
-    const sent = sends.get(key)?.filter((s) => time - s.at < LOOP_MS) ?? [];
-    const back = 1 + (sent.findLast((s) => s.hash === h)?.back ?? -1);
-    if (back >= LOOP_LIMIT) return not(`an echo loop (back ${back} times)`);
-    const over = (s: { at: number }[]) => time - s[s.length - 1].at >= LOOP_MS;
-    if (!sends.has(key) && !makeRoom(sends, over)) return not("busy");
-    if (!takeFor(buckets, key, REPLY_RATE, time)) {
-      return not("over 100 a second");
+    let peer = peers.get(key);
+    if (!peer && peers.size >= MAX_PEERS) {
+      const [oldest, { budget, sent }] = peers.entries().next().value!;
+      const over = time - (sent.at(-1)?.at ?? -Infinity) >= LOOP_MS;
+      if (!refill(budget, REPLY_RATE, time) || !over) return not("busy");
+      peers.delete(oldest);
     }
-    sends.delete(key); // and set again at the end: sent to last
-    const send = { hash: h, at: time, back };
-    sends.set(key, [...sent.slice(1 - LOOP_MEMORY), send]);
+    peer ??= { budget: { tokens: REPLY_RATE[0], at: time }, sent: [] };
+    peers.delete(key);
+    peers.set(key, peer); // at the end: used last
+    peer.sent = peer.sent.filter((reply) => time - reply.at < LOOP_MS);
+    const back = 1 + (peer.sent.findLast((s) => s.hash === h)?.back ?? -1);
+    if (back >= LOOP_LIMIT) return not(`an echo loop (back ${back} times)`);
+    if (!take(peer.budget, REPLY_RATE, time)) return not("over 100 a second");
+    peer.sent.push({ hash: h, at: time, back });
+    if (peer.sent.length > LOOP_MEMORY) peer.sent.shift();
     try {
       await conn.send(data, from);
     } catch (error) {
@@ -696,15 +616,13 @@ const JOIN_RATE: Rate = [CHAT_MAX_MEMBERS, 5];
 const RELAY_MARK = /^<(\[[\d.:a-f]+\]|[\d.]+):\d+> /;
 const MAX_DATAGRAM = 65_507; // 65,535 less the IPv4 and UDP headers
 
-interface Member {
-  addr: Deno.NetAddr;
-  heard: number;
-  relays: Bucket;
-}
-
 /** A chat: its members, and the rules for joining and relaying. */
 export class ChatRoom {
-  #members = new Map<string, Member>(); // silent longest first
+  // Members by address, silent longest first.
+  #members = new Map<
+    string,
+    { addr: Deno.NetAddr; heard: number; relays: Bucket }
+  >();
   #joins: Bucket;
   #warn: Warn;
   #clock: () => number;
@@ -765,10 +683,9 @@ export class ChatRoom {
     let member = this.#members.get(key);
     if (member) this.#members.delete(key);
     else {
-      const [oldest, silentLongest] = this.#members.entries().next().value ??
-        [];
+      const [oldest, silent] = this.#members.entries().next().value ?? [];
       const full = this.#members.size >= CHAT_MAX_MEMBERS;
-      if (full && time - silentLongest!.heard < CHAT_KEEP_MS) return;
+      if (full && time - silent!.heard < CHAT_KEEP_MS) return;
       if (!take(this.#joins, JOIN_RATE, time)) return;
       if (full) this.#members.delete(oldest!);
       member = { addr, heard: time, relays: { tokens: 1, at: time } };
@@ -788,32 +705,34 @@ export class ChatRoom {
 // the run is a stray, not a gap. Lost: the count (or the numbers from the
 // first to the highest) less those that came.
 const WINDOW = 4096; // numbers remembered, to tell a duplicate from a late one
+// Senders followed at once. A sender is forgotten (its counts kept in the
+// total) only once quiet for QUIET_MS, longer than the client's slowest pace
+// (1 a second): forgetting a run under way would count its loss twice.
 const MAX_SENDERS = 1024;
-// A sender is forgotten (its counts kept in the total) only once quiet for
-// QUIET_MS, longer than the client's slowest pace (1 a second): forgetting a
-// run under way would count its loss twice.
 const QUIET_MS = 5_000;
 const TOP_SENDERS = 5; // named in the summary, busiest first
 // `#<n> ` or `#<n>/<count> `: decimal from 1, no leading zero, up to 9 digits.
 const NUMBERED = /^#([1-9]\d{0,8})(?:\/([1-9]\d{0,8}))? /;
-
-/** What the numbers of one sender, or of several, told. */
-class Counts {
-  received = 0;
-  unnumbered = 0;
-  stray = 0;
-  expected = 0;
-  arrived = 0; // numbers of the run that came, once each as far as known
-  duplicated = 0;
-  outOfOrder = 0;
-  tooLate = 0; // WINDOW or more behind the highest: maybe a duplicate
-  constructor(public senders = 0, public first = 0, public last = first) {}
-}
+// What the numbers of one sender, or of several, told; and when they came.
+const NO_COUNTS = {
+  senders: 0,
+  received: 0,
+  expected: 0,
+  arrived: 0, // numbers of the run that came, once each as far as known
+  duplicated: 0,
+  outOfOrder: 0,
+  tooLate: 0, // WINDOW or more behind the highest: maybe a duplicate
+  stray: 0,
+  unnumbered: 0,
+  first: Infinity,
+  last: -Infinity,
+};
+type Counts = typeof NO_COUNTS;
 
 /** Follows the numbers (`#<n>/<count> `, from the client's `--seq`) of each sender: loss, duplicates, order and rate. */
 export class SequenceStats {
   #senders = new Map<string, Sender>(); // heard longest ago first
-  #forgotten = new Counts(); // of the senders forgotten
+  #forgotten = { ...NO_COUNTS }; // of the senders forgotten
   #untracked = 0; // datagrams from senders beyond MAX_SENDERS
   #clock: () => number;
 
@@ -827,25 +746,22 @@ export class SequenceStats {
     const key = formatAddress(from), time = this.#clock();
     let sender = this.#senders.get(key);
     if (sender) this.#senders.delete(key);
-    else {
-      // Only a quiet sender makes room, and its counts go to the total.
-      const forget = ({ counts }: Sender) =>
-        time - counts.last >= QUIET_MS && add(this.#forgotten, counts);
-      if (!makeRoom(this.#senders, forget, MAX_SENDERS)) {
-        return void this.#untracked++;
-      }
-      sender = new Sender(time);
+    else if (this.#senders.size >= MAX_SENDERS) {
+      const [oldest, quiet] = this.#senders.entries().next().value!;
+      if (time - quiet.counts.last < QUIET_MS) return void this.#untracked++;
+      this.#senders.delete(oldest);
+      add(this.#forgotten, quiet.counts);
     }
+    sender ??= new Sender(time);
     this.#senders.set(key, sender); // at the end: heard last
-    sender.counts.last = time;
-    sender.see(data);
+    sender.see(data, time);
   };
 
   /** A line for each of the busiest senders, then one for all; none if nothing came. */
   summary(): string[] {
     const senders = [...this.#senders]
       .sort(([, a], [, b]) => b.counts.received - a.counts.received);
-    const total = Object.assign(new Counts(), this.#forgotten);
+    const total = { ...this.#forgotten };
     for (const [, { counts }] of senders) add(total, counts);
     const lines = senders.slice(0, TOP_SENDERS)
       .map(([key, { counts }]) => `${key}: ${describe(counts)}`);
@@ -855,8 +771,8 @@ export class SequenceStats {
     if (total.senders > 1) {
       lines.push(`${plural(total.senders, "sender")}: ${describe(total)}`);
     }
-    const untracked = plural(this.#untracked, "datagram");
     if (this.#untracked) {
+      const untracked = plural(this.#untracked, "datagram");
       lines.push(`${untracked} not followed: too many senders`);
     }
     return lines;
@@ -874,13 +790,14 @@ class Sender {
   #seen = new Uint32Array(WINDOW);
 
   constructor(time: number) {
-    this.counts = new Counts(1, time);
+    this.counts = { ...NO_COUNTS, senders: 1, first: time };
   }
 
   /** Counts what the number that `data` starts with tells, if it has one. */
-  see(data: Uint8Array) {
+  see(data: Uint8Array, time: number) {
     const counts = this.counts;
     counts.received++;
+    counts.last = time;
     const match = data[0] === 0x23 // "#": only then the regex
       ? NUMBERED.exec(String.fromCharCode(...data.subarray(0, 21)))
       : null;
@@ -901,15 +818,13 @@ class Sender {
 }
 
 /** Adds `counts` to `total`: the numbers summed, the times widened. */
-function add(total: Counts, counts: Counts): true {
-  const [first, last] = total.senders
-    ? [Math.min(total.first, counts.first), Math.max(total.last, counts.last)]
-    : [counts.first, counts.last];
-  for (const [key, value] of Object.entries(counts)) {
-    total[key as keyof Counts] += value;
+function add(total: Counts, counts: Counts) {
+  const { first, last } = total;
+  for (const key in counts) {
+    total[key as keyof Counts] += counts[key as keyof Counts];
   }
-  [total.first, total.last] = [first, last];
-  return true;
+  total.first = Math.min(first, counts.first);
+  total.last = Math.max(last, counts.last);
 }
 
 /** `10,000 expected, 3,968 received, 6,032 lost (60.3%), 0 duplicated, 0 out of order, 81,528/s` */
@@ -918,23 +833,21 @@ function describe(counts: Counts): string {
   const lost = Math.max(0, expected - arrived);
   const share = expected ? lost * 100 / expected : 0;
   const percent = share > 0 && share < 0.1 ? "<0.1" : share.toFixed(1);
-  const parts: [number, string, unknown][] = [
-    [expected, "expected", expected],
-    [received, "received", true],
-    [lost, `lost (${percent}%)`, expected],
-    [counts.duplicated, "duplicated", expected],
-    [counts.outOfOrder, "out of order", expected],
-    [counts.tooLate, "too late", counts.tooLate],
-    [counts.stray, "stray", counts.stray],
-    [counts.unnumbered, "unnumbered", counts.unnumbered],
-    // A rate needs two readings of the clock, some time apart.
-    [(received - 1) * 1000 / (last - first), "/s", last > first],
+  // A rate needs two readings of the clock, some time apart.
+  const rate = last > first &&
+    `${thousands((received - 1) * 1000 / (last - first))}/s`;
+  const parts = [
+    expected && `${thousands(expected)} expected`,
+    `${thousands(received)} received`,
+    expected && `${thousands(lost)} lost (${percent}%)`,
+    expected && `${thousands(counts.duplicated)} duplicated`,
+    expected && `${thousands(counts.outOfOrder)} out of order`,
+    counts.tooLate && `${thousands(counts.tooLate)} too late`,
+    counts.stray && `${thousands(counts.stray)} stray`,
+    counts.unnumbered && `${thousands(counts.unnumbered)} unnumbered`,
+    rate,
   ];
-  return parts.filter(([, , shown]) => shown)
-    .map(([value, name]) =>
-      `${thousands(value)}${name === "/s" ? "" : " "}${name}`
-    )
-    .join(", ");
+  return parts.filter(Boolean).join(", ");
 }
 
 /** `9,620`: rounded, thousands separated, the same on every system. */
@@ -962,11 +875,6 @@ export function all(...handlers: Handler[]): Handler {
 
 // 6. The command line, which wires the parts together.
 
-/** `--allow-net=host`, quoted if it has brackets, which zsh takes for a pattern. */
-function allowFlag(host: string): string {
-  return host.includes("[") ? `'--allow-net=${host}'` : `--allow-net=${host}`;
-}
-
 /** An error as the end of a line: "Address already in use (os error 98)" becomes "address already in use". */
 function reason(error: unknown): string {
   let text = error instanceof Error ? error.message : String(error);
@@ -974,7 +882,12 @@ function reason(error: unknown): string {
   text = text.replace(/ \(os error \d+\).*$/s, "").replace(/^(.+): \1$/s, "$1");
   // Deno says "run again with the --allow-net flag": say which.
   const denied = text.match(/^Requires net access to "(.*):\d+"/)?.[1];
-  if (denied) text = `not allowed: run server.ts with ${allowFlag(denied)}`;
+  const flag = `--allow-net=${denied}`; // quoted for zsh, if it has brackets
+  if (denied) {
+    text = `not allowed: run server.ts with ${
+      denied.includes("[") ? `'${flag}'` : flag
+    }`;
+  }
   // parseArgs explains in several sentences: the first says what is wrong.
   if (/^ERR_PARSE_ARGS/.test((error as { code?: string } | null)?.code ?? "")) {
     text = text.split(/(?<=\.)\s/)[0].replace(/\.$/, "");
@@ -1071,7 +984,7 @@ async function main(args: string[]): Promise<number> {
   const controller = new AbortController();
   const out = new Output(Deno.stdout, { onError: () => controller.abort() });
   const err = new Output(Deno.stderr, { beside: out });
-  const code = await run(args, { out, err, controller });
+  const code = await run(args, out, err, controller);
   // The last lines (an error, the help) get a moment, never long enough to
   // hang; a server that ran has finished both already.
   await out.finish(performance.now() + SUMMARY_MS);
@@ -1085,16 +998,15 @@ async function main(args: string[]): Promise<number> {
 
 async function run(
   args: string[],
-  { out, err, controller }: {
-    out: Output;
-    err: Output;
-    controller: AbortController;
-  },
+  out: Output,
+  err: Output,
+  controller: AbortController,
 ): Promise<number> {
   // Deno 1.x runs this file but differs in ways that matter: say so.
-  if (Number(Deno.version.deno.split(".")[0]) < 2) {
+  const deno = Deno.version.deno;
+  if (Number(deno.split(".")[0]) < 2) {
     err.print(
-      `error: this needs Deno 2.0 or newer, not ${Deno.version.deno}: run deno upgrade`,
+      `error: this needs Deno 2.0 or newer, not ${deno}: run deno upgrade`,
     );
     return 1;
   }
@@ -1120,11 +1032,11 @@ async function run(
   Deno.addSignalListener("SIGINT", stop);
   if (Deno.build.os !== "windows") Deno.addSignalListener("SIGTERM", stop);
   const warnings = new Warnings(err);
+  // At a terminal, lines are cut to its width, followed as it is resized (a
+  // width of 0 is unknown: then a common one).
   const terminal = Deno.stdout.isTerminal();
-  // (A width of 0 is unknown: then a common one.)
   const width = () => terminal ? Deno.consoleSize().columns || 80 : Infinity;
   const printer = new Printer(out, { hex: options.hex, columns: width() });
-  // The width is followed as the terminal is resized.
   if (terminal && Deno.build.os !== "windows") {
     Deno.addSignalListener("SIGWINCH", () => printer.columns = width());
   }
@@ -1159,28 +1071,33 @@ async function run(
   }
   const deadline = performance.now() + GRACE_MS;
   const unwritten = await out.finish(deadline - SUMMARY_MS);
-  const members = room ? `; ${plural(room.size, "chat member")}` : "";
+  const closed = out.error instanceof Deno.errors.BrokenPipe;
+  if (out.error && !closed) {
+    err.print(`error: cannot write the output: ${reason(out.error)}`);
+  }
   const hidden = warnings.held + err.dropped;
-  const notShown = hidden ? `; ${plural(hidden, "warning")} not shown` : "";
   const lost = `${plural(unwritten, "line")} not written`;
-  const said = `Received ${plural(printer.datagrams, "datagram")}, ${
-    plural(printer.bytes, "byte")
-  }${members}${notShown}`;
-  const [summary, code] = out.error instanceof Deno.errors.BrokenPipe
-    ? [`${said}; the output was closed, ${lost}`, EXIT_CLOSED]
-    : out.error
-    ? [
-      `error: cannot write the output: ${reason(out.error)}\n${said}; ${lost}`,
-      1,
+  const summary = [
+    `Received ${plural(printer.datagrams, "datagram")}, ${
+      plural(printer.bytes, "byte")
+    }`,
+    room && plural(room.size, "chat member"),
+    hidden && `${plural(hidden, "warning")} not shown`,
+    closed && `the output was closed, ${lost}`,
+    !closed && out.error && lost,
+    !out.error && unwritten && `${lost}: the output did not take them in time`,
+  ];
+  for (
+    const line of [
+      summary.filter(Boolean).join("; "),
+      ...stats?.summary() ?? [],
     ]
-    : unwritten > 0
-    ? [`${said}; ${lost}: the output did not take them in time`, 1]
-    : [said, failed ? 1 : 0];
-  for (const line of [...summary.split("\n"), ...stats?.summary() ?? []]) {
+  ) {
     err.print(line);
   }
   await err.finish(deadline);
-  return code;
+  if (closed) return EXIT_CLOSED;
+  return out.error || unwritten || failed ? 1 : 0;
 }
 
 /** Warnings on an `Output`, at most one a second of each kind: a flood of failures must not become one of lines. */
@@ -1204,6 +1121,4 @@ class Warnings {
   };
 }
 
-if (import.meta.main) {
-  Deno.exit(await main(Deno.args));
-}
+if (import.meta.main) Deno.exit(await main(Deno.args));
