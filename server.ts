@@ -98,20 +98,20 @@ function isClosed(error: unknown): boolean {
 }
 
 // ---------------------------------------------------------------------------
-// Beyond the tutorial: the parts that make it hold up, in the order a learner
-// meets the problems: a slow output, a hostile sender, echo, chat, numbered
-// datagrams, the command line.
+// Beyond the tutorial: what makes it hold up, in the order a learner meets the
+// problems: a slow output, a hostile sender, echo, chat, numbered datagrams;
+// the command line last.
 // ---------------------------------------------------------------------------
 
 // 1. A slow output. A UDP sender does not wait: while the server waits for
 // its output (a slow terminal, a paused pipe), the socket's queue fills and
-// the kernel drops what comes. And `console.log()` blocks the process, Ctrl+C
-// included. So lines are written in the background, by `Output`.
-const QUEUE_LIMIT = 1_048_576; // bytes waiting, beyond which printing waits
+// the kernel drops what comes; and `console.log()` blocks the process, Ctrl+C
+// included. So lines are written in the background, 1 MiB waiting at most.
+const QUEUE_LIMIT = 1_048_576;
 const FLUSH_MS = 10; // lines that come together share a write
-// One rule for writes: whole lines, at most PIPE_BUF (4096) bytes, which a
-// pipe takes whole or not at all; a longer line in pieces of up to 32 KiB,
-// since each write costs a hand-over to another thread.
+// A write is whole lines, at most PIPE_BUF (4096) bytes, which a pipe takes
+// whole or not at all; a longer line goes in pieces of up to 32 KiB, since
+// each write costs a hand-over to another thread.
 const PIECE_SIZE = 4096;
 const LONG_PIECE_SIZE = 32_768;
 const RETRY_MS = 5; // after WouldBlock: a non-blocking pipe is full
@@ -124,11 +124,11 @@ export class Output {
   #writer: { write(data: Uint8Array): Promise<number> };
   #onError: (error: Error) => void;
   #beside: Output | undefined;
-  // Two buffers, reused: lines are added to one while the other is written.
+  // Two buffers: lines are added to one while the other is written.
   #adding = new Uint8Array(65_536);
   #added = 0;
   #writing = new Uint8Array(65_536);
-  #start = 0; // what is not written yet in #writing, from #start to #end
+  #start = 0; // #writing from #start to #end is not written yet
   #end = 0;
   #loop: Promise<void> | undefined; // the writing, while under way
   #busy = false; // a write under way
@@ -146,9 +146,8 @@ export class Output {
     writer: { write(data: Uint8Array): Promise<number> },
     options: { onError?: (error: Error) => void; beside?: Output } = {},
   ) {
-    this.#writer = writer;
+    [this.#writer, this.#beside] = [writer, options.beside];
     this.#onError = options.onError ?? (() => {});
-    this.#beside = options.beside;
     if (options.beside) options.beside.#beside = this;
   }
 
@@ -162,7 +161,7 @@ export class Output {
     return this.#end - this.#start + this.#added >= QUEUE_LIMIT;
   }
 
-  /** Resolves once less than 1 MiB is waiting, or the output has stopped; rejects if the writer failed. */
+  /** Resolves once less than 1 MiB waits, or the output has stopped; rejects if the writer failed. */
   async room() {
     while (this.full && !this.#error && !this.#stop.signal.aborted) {
       await this.#changed.promise;
@@ -173,14 +172,14 @@ export class Output {
   /** Adds `line`, which ends in "\n", by copying it; throws if the writer failed. */
   append(line: Uint8Array) {
     if (this.#stop.signal.aborted) return;
-    const needed = this.#added + line.length;
-    if (needed > this.#adding.length) {
-      const more = new Uint8Array(Math.max(needed, 2 * this.#adding.length));
+    const added = this.#added + line.length;
+    if (added > this.#adding.length) { // grows as needed, never shrinks
+      const more = new Uint8Array(Math.max(added, 2 * this.#adding.length));
       more.set(this.#adding.subarray(0, this.#added));
       this.#adding = more;
     }
     this.#adding.set(line, this.#added);
-    this.#added = needed;
+    this.#added = added;
     if (this.#error) throw this.#error; // the line kept: counted as unwritten
     this.#loop ??= this.#write();
   }
@@ -206,16 +205,15 @@ export class Output {
   async #write() {
     await delay(FLUSH_MS, this.#stop.signal);
     while (!this.#stop.signal.aborted) {
-      if (this.#start === this.#end) { // all written: the buffers change places
+      if (this.#start === this.#end) { // all written: the buffers swap
         if (this.#added === 0) break;
         [this.#adding, this.#writing] = [this.#writing, this.#adding];
         [this.#start, this.#end, this.#added] = [0, this.#added, 0];
       }
-      const lines = this.#writing.subarray(0, this.#end);
-      const piece = nextPiece(lines, this.#start), other = this.#beside;
+      const piece = nextPiece(this.#writing, this.#start, this.#end);
       // Turns with `beside` (see the constructor): never inside its line, and
       // no line of our own begun while its write is under way.
-      const ends = piece[piece.length - 1] === 0x0a;
+      const ends = piece[piece.length - 1] === 0x0a, other = this.#beside;
       if (other && (other.#midLine || (!ends && other.#busy))) {
         await other.#changed.promise;
         continue;
@@ -244,15 +242,15 @@ export class Output {
   }
 }
 
-/** What to write next of `lines` from `start`: whole lines up to PIECE_SIZE, or a long line's next piece. */
-function nextPiece(lines: Uint8Array, start: number): Uint8Array {
-  const piece = lines.subarray(start, start + PIECE_SIZE);
-  if (start + piece.length === lines.length) return piece;
+/** What to write of `lines` from `start` to `end`: whole lines up to PIECE_SIZE, or a long line's next piece. */
+function nextPiece(lines: Uint8Array, start: number, end: number): Uint8Array {
+  const piece = lines.subarray(start, Math.min(end, start + PIECE_SIZE));
   const newline = piece.lastIndexOf(0x0a);
-  if (newline >= 0) return piece.subarray(0, newline + 1);
-  const end = lines.indexOf(0x0a, start + PIECE_SIZE);
-  const stop = end < 0 ? lines.length : end; // the line end in a short piece
-  return lines.subarray(start, Math.min(stop, start + LONG_PIECE_SIZE));
+  if (start + piece.length === end || newline >= 0) {
+    return piece.subarray(0, newline + 1 || piece.length);
+  }
+  const lineEnd = lines.subarray(0, end).indexOf(0x0a, start); // in a short piece
+  return lines.subarray(start, Math.min(lineEnd, start + LONG_PIECE_SIZE));
 }
 
 function countLines(bytes: Uint8Array): number {
@@ -261,7 +259,7 @@ function countLines(bytes: Uint8Array): number {
   return lines;
 }
 
-/** Resolves after `ms` milliseconds, or as soon as `signal` aborts. */
+/** Resolves after `ms` milliseconds (clamped, as setTimeout() takes 2^31-1 at most), or as soon as `signal` aborts. */
 function delay(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
     const done = () => {
@@ -269,7 +267,6 @@ function delay(ms: number, signal: AbortSignal): Promise<void> {
       signal.removeEventListener("abort", done);
       resolve();
     };
-    // Clamped: setTimeout() fires at once past 2^31-1 ms.
     const timer = setTimeout(done, Math.min(Math.max(0, ms), 2 ** 31 - 1));
     signal.addEventListener("abort", done);
     if (signal.aborted) done();
@@ -292,15 +289,13 @@ export class Printer {
   columns: number;
   #output: Output;
   #hex: boolean;
-  // The last sender's prefix: most datagrams come from the one before's.
-  #from: Deno.NetAddr | undefined;
+  #from: Deno.NetAddr | undefined; // the last sender, and its prefix
   #prefix = new Uint8Array();
   #line = new Uint8Array(65_536); // each line is made here
 
   /** A printer to `output`; at a terminal, `columns` is its width. */
   constructor(output: Output, options: { hex?: boolean; columns?: number }) {
-    this.#output = output;
-    this.#hex = options.hex ?? false;
+    [this.#output, this.#hex] = [output, options.hex ?? false];
     this.columns = options.columns ?? Infinity;
   }
 
@@ -309,16 +304,17 @@ export class Printer {
     this.datagrams++;
     this.bytes += data.length;
     const last = this.#from, hex = this.#hex;
+    // Most datagrams come from the sender of the one before: its prefix again.
     if (hex || from.port !== last?.port || from.hostname !== last.hostname) {
       const size = hex ? ` (${plural(data.length, "byte")})` : "";
       const prefix = `Message from ${formatAddress(from)}${size}: `;
       [this.#from, this.#prefix] = [from, encoder.encode(prefix)];
     }
-    const prefix = this.#prefix, at = prefix.length;
+    const at = this.#prefix.length;
     const size = at + MAX_EXPANSION * data.length + MARKER_ROOM + 1;
     if (size > this.#line.length) this.#line = new Uint8Array(size);
     const line = this.#line;
-    line.set(prefix);
+    line.set(this.#prefix);
     let end = (hex ? hexInto : escapeInto)(data, line, at, this.columns - at);
     line[end++] = 0x0a; // "\n"
     this.#output.append(line.subarray(0, end));
@@ -344,13 +340,15 @@ const SHORT = new Uint8Array(0x80);
 // a space or break a line, the default-ignorable (drawn as nothing), and
 // U+FFFD itself (it would pass for a decoding error).
 const HIDDEN = /[\p{C}\p{Z}\p{Default_Ignorable_Code_Point}\ufffd]/u;
+// A regex per character is slow, so each verdict is kept: 0 not known yet, 1
+// shown, 2 hidden (the need: README).
+const verdicts = new Uint8Array(0x110000);
 
 /**
  * Writes `data` escaped into `out` from `at`, and returns where it ends (room
  * needed: MAX_EXPANSION bytes each, and MARKER_ROOM). Given `columns`, it is
  * cut to fit in that many terminal columns (above ASCII a character counts
- * 2, to be safe) with ` \[+N bytes]` at the end, N the bytes not shown; only
- * that marker may be wider than a terminal narrower than it.
+ * 2, to be safe) with ` \[+N bytes]` at the end, N the bytes not shown.
  */
 export function escapeInto(
   data: Uint8Array,
@@ -373,8 +371,8 @@ export function escapeInto(
     else if (byte < 0x80 && SHORT[byte]) {
       out[o++] = BACKSLASH;
       out[o++] = SHORT[byte];
-    } else if (codePoint < 0x80) o = writeByte(out, o, byte); // not UTF-8, too
-    else if (isHidden(codePoint)) o = writeCodePoint(out, o, codePoint);
+    } else if (codePoint < 0x80) o = writeEscape(out, o, byte, 2); // or not UTF-8
+    else if (isHidden(codePoint)) o = writeEscape(out, o, codePoint, 4);
     else for (let k = 0; k < size; k++) out[o++] = data[i + k]; // as it is
     i += size;
     if (columns === Infinity) continue; // not at a terminal: no cut
@@ -394,10 +392,6 @@ function isPlain(data: Uint8Array): boolean {
   }
   return true;
 }
-
-// A regex per character is slow, so each verdict is kept: 0 not known yet, 1
-// shown, 2 hidden (the need: README).
-const verdicts = new Uint8Array(0x110000);
 
 function isHidden(codePoint: number): boolean {
   verdicts[codePoint] ||= HIDDEN.test(String.fromCodePoint(codePoint)) ? 2 : 1;
@@ -423,21 +417,17 @@ function leadingOnes(byte: number): number {
   return Math.clz32(~(byte << 24));
 }
 
-/** Writes `\xNN`: one byte, whatever it is. */
-function writeByte(out: Uint8Array, o: number, byte: number): number {
-  out[o] = BACKSLASH;
-  out[o + 1] = 0x78; // x
-  out[o + 2] = HEX[byte >> 4];
-  out[o + 3] = HEX[byte & 0xf];
-  return o + 4;
-}
-
-/** Writes `\uXXXX`, or `\u{XXXXX}` above U+FFFF, as JavaScript does. */
-function writeCodePoint(out: Uint8Array, o: number, codePoint: number) {
-  const digits = codePoint > 0xfffff ? 6 : codePoint > 0xffff ? 5 : 4;
-  o = writeText(out, o, digits > 4 ? "\\u{" : "\\u");
+/** Writes `\xNN` for a byte (2 digits), else `\uNNNN`, or `\u{NNNNN}` above U+FFFF, as JavaScript does. */
+function writeEscape(
+  out: Uint8Array,
+  o: number,
+  value: number,
+  digits: number,
+) {
+  if (digits > 2) digits = value > 0xfffff ? 6 : value > 0xffff ? 5 : 4;
+  o = writeText(out, o, digits === 2 ? "\\x" : digits > 4 ? "\\u{" : "\\u");
   for (let shift = 4 * digits - 4; shift >= 0; shift -= 4) {
-    out[o++] = HEX[(codePoint >> shift) & 0xf];
+    out[o++] = HEX[(value >> shift) & 0xf];
   }
   return digits > 4 ? writeText(out, o, "}") : o;
 }
@@ -465,7 +455,8 @@ function hexInto(
   let o = at;
   for (let i = 0; i < shown; i++) {
     if (i > 0) out[o++] = 0x20; // " "
-    [out[o++], out[o++]] = [HEX[data[i] >> 4], HEX[data[i] & 0xf]];
+    out[o++] = HEX[data[i] >> 4];
+    out[o++] = HEX[data[i] & 0xf];
   }
   return fits ? o : writeText(out, o, marker(data.length - shown));
 }
@@ -485,17 +476,14 @@ function bracketed(hostname: string): string {
 // check that claim: a forged source chooses where they go. One rule for each
 // harm that can do:
 // - Loops and floods with services: replies go only to ports that systems
-//   give clients. Services that answer every datagram listen below them.
+//   give clients (Linux's first is 32768; Windows' and macOS', 49152), less
+//   three services that listen among them. Services listen below.
 // - Floods: each address, member and newcomer has a budget (`Bucket`), kept
 //   in tables that never forget a budget under way.
 // - Loops with another echo server: bytes that come straight back again are
 //   our own reply, and are not answered.
-const CLIENT_PORTS = 32_768; // Linux's first; Windows and macOS give 49152 up
-const SERVICES_AMONG_CLIENT_PORTS = new Set([
-  33_848, // Jenkins discovery
-  41_794, // Crestron
-  53_413, // Netis routers
-]);
+const CLIENT_PORTS = 32_768;
+const SERVICE_PORTS = [33_848, 41_794, 53_413]; // Jenkins, Crestron, Netis
 
 /** Why the server never replies to `to`, or `undefined` if it may. */
 function refusal(self: Deno.NetAddr, to: Deno.NetAddr): string | undefined {
@@ -504,30 +492,26 @@ function refusal(self: Deno.NetAddr, to: Deno.NetAddr): string | undefined {
   if (to.port === self.port && (anywhere || to.hostname === self.hostname)) {
     return "the server's own address"; // it would answer itself for ever
   }
-  if (to.port < CLIENT_PORTS || SERVICES_AMONG_CLIENT_PORTS.has(to.port)) {
+  if (to.port < CLIENT_PORTS || SERVICE_PORTS.includes(to.port)) {
     return `port ${to.port} is no client's (services listen there)`;
   }
 }
 
-/** A token bucket: a budget of up to `burst` tokens, refilled at `perSecond`. */
-interface Bucket {
-  tokens: number;
-  at: number; // ms
-}
+/** A token bucket: up to `burst` tokens, refilled at `perSecond`. */
+type Bucket = { tokens: number; at: number }; // at: ms
 type Rate = [burst: number, perSecond: number];
 
-/** Refills `bucket` up to `now`, and returns whether it is full again. */
-function refill(bucket: Bucket, [burst, perSecond]: Rate, now: number) {
+/** Refills `bucket` up to `now`; takes `spend` tokens if it has them. Returns whether it had. */
+function take(
+  bucket: Bucket,
+  [burst, perSecond]: Rate,
+  now: number,
+  spend = 1,
+) {
   const tokens = bucket.tokens + (now - bucket.at) * perSecond / 1000;
   [bucket.tokens, bucket.at] = [Math.min(burst, tokens), now];
-  return bucket.tokens === burst;
-}
-
-/** Takes a token from `bucket` at `now`, if it has one. */
-function take(bucket: Bucket, rate: Rate, now: number): boolean {
-  refill(bucket, rate, now);
-  if (bucket.tokens < 1) return false;
-  bucket.tokens--;
+  if (bucket.tokens < spend) return false;
+  bucket.tokens -= spend;
   return true;
 }
 
@@ -541,9 +525,9 @@ const REPLY_RATE: Rate = [100, 100];
 const LOOP_MS = 10;
 const LOOP_LIMIT = 2;
 const LOOP_MEMORY = 64; // replies remembered per address
-// Addresses remembered, since forged sources have no end. Only one that has
-// run its course (its budget full again, no reply in LOOP_MS) is forgotten:
-// forgetting one under way would hand whoever filled the table a fresh budget.
+// Addresses remembered, as forged sources have no end. Only one that has run
+// its course (budget full again, no reply in LOOP_MS) is forgotten: forgetting
+// one under way would hand whoever filled the table a fresh budget.
 const MAX_PEERS = 4096;
 
 // Reports a problem as a warning of a kind (`echo`, `chat`); reads the time,
@@ -554,7 +538,7 @@ type Clock = { clock?: () => number };
 /** A `Handler` that sends each datagram back to its sender, unless a rule above says not to. */
 export function echo(
   warn: (kind: string, text: string) => void,
-  { clock = now }: { clock?: () => number } = {},
+  { clock = () => performance.now() }: { clock?: () => number } = {},
 ): Handler {
   type Reply = { hash: number; at: number; back: number };
   const peers = new Map<string, { budget: Bucket; sent: Reply[] }>();
@@ -564,10 +548,11 @@ export function echo(
     const refused = refusal(conn.addr as Deno.NetAddr, from);
     if (refused) return not(refused);
     let peer = peers.get(key);
-    if (!peer && peers.size >= MAX_PEERS) {
+    if (!peer && peers.size >= MAX_PEERS) { // used longest ago first
       const [oldest, { budget, sent }] = peers.entries().next().value!;
-      const over = time - (sent.at(-1)?.at ?? -Infinity) >= LOOP_MS;
-      if (!refill(budget, REPLY_RATE, time) || !over) return not("busy");
+      const replying = time - (sent.at(-1)?.at ?? -LOOP_MS) < LOOP_MS;
+      const spent = replying || !take(budget, REPLY_RATE, time, REPLY_RATE[0]);
+      if (spent) return not("busy"); // (a full budget, taken whole, then gone)
       peers.delete(oldest);
     }
     peer ??= { budget: { tokens: REPLY_RATE[0], at: time }, sent: [] };
@@ -585,10 +570,6 @@ export function echo(
       if (!isClosed(error)) not(reason(error));
     }
   };
-}
-
-function now(): number {
-  return performance.now();
 }
 
 /** A 32-bit FNV-1a hash: enough to tell whether bytes came back unchanged. */
@@ -615,20 +596,17 @@ const JOIN_RATE: Rate = [CHAT_MAX_MEMBERS, 5];
 // chat server, and relaying it on would loop.
 const RELAY_MARK = /^<(\[[\d.:a-f]+\]|[\d.]+):\d+> /;
 const MAX_DATAGRAM = 65_507; // 65,535 less the IPv4 and UDP headers
+type Member = { addr: Deno.NetAddr; heard: number; relays: Bucket };
 
 /** A chat: its members, and the rules for joining and relaying. */
 export class ChatRoom {
-  // Members by address, silent longest first.
-  #members = new Map<
-    string,
-    { addr: Deno.NetAddr; heard: number; relays: Bucket }
-  >();
+  #members = new Map<string, Member>(); // by address, silent longest first
   #joins: Bucket;
   #warn: Warn;
   #clock: () => number;
 
   /** A chat that reports through `warn`. */
-  constructor(warn: Warn, { clock = now }: Clock = {}) {
+  constructor(warn: Warn, { clock = () => performance.now() }: Clock = {}) {
     [this.#warn, this.#clock] = [warn, clock];
     this.#joins = { tokens: JOIN_RATE[0], at: clock() };
   }
@@ -705,39 +683,24 @@ export class ChatRoom {
 // the run is a stray, not a gap. Lost: the count (or the numbers from the
 // first to the highest) less those that came.
 const WINDOW = 4096; // numbers remembered, to tell a duplicate from a late one
-// Senders followed at once. A sender is forgotten (its counts kept in the
-// total) only once quiet for QUIET_MS, longer than the client's slowest pace
-// (1 a second): forgetting a run under way would count its loss twice.
+// Senders followed at once. One is forgotten (its counts kept in the total)
+// only once quiet for QUIET_MS, longer than the client's slowest pace (1 a
+// second): forgetting a run under way would count its loss twice.
 const MAX_SENDERS = 1024;
 const QUIET_MS = 5_000;
 const TOP_SENDERS = 5; // named in the summary, busiest first
 // `#<n> ` or `#<n>/<count> `: decimal from 1, no leading zero, up to 9 digits.
 const NUMBERED = /^#([1-9]\d{0,8})(?:\/([1-9]\d{0,8}))? /;
-// What the numbers of one sender, or of several, told; and when they came.
-const NO_COUNTS = {
-  senders: 0,
-  received: 0,
-  expected: 0,
-  arrived: 0, // numbers of the run that came, once each as far as known
-  duplicated: 0,
-  outOfOrder: 0,
-  tooLate: 0, // WINDOW or more behind the highest: maybe a duplicate
-  stray: 0,
-  unnumbered: 0,
-  first: Infinity,
-  last: -Infinity,
-};
-type Counts = typeof NO_COUNTS;
 
 /** Follows the numbers (`#<n>/<count> `, from the client's `--seq`) of each sender: loss, duplicates, order and rate. */
 export class SequenceStats {
   #senders = new Map<string, Sender>(); // heard longest ago first
-  #forgotten = { ...NO_COUNTS }; // of the senders forgotten
+  #forgotten = new Sender(); // the counts of those forgotten
   #untracked = 0; // datagrams from senders beyond MAX_SENDERS
   #clock: () => number;
 
   /** Stats that read the time from `clock`, in ms (default: `performance.now()`). */
-  constructor({ clock = now }: Clock = {}) {
+  constructor({ clock = () => performance.now() }: Clock = {}) {
     this.#clock = clock;
   }
 
@@ -748,9 +711,9 @@ export class SequenceStats {
     if (sender) this.#senders.delete(key);
     else if (this.#senders.size >= MAX_SENDERS) {
       const [oldest, quiet] = this.#senders.entries().next().value!;
-      if (time - quiet.counts.last < QUIET_MS) return void this.#untracked++;
+      if (time - quiet.last < QUIET_MS) return void this.#untracked++;
       this.#senders.delete(oldest);
-      add(this.#forgotten, quiet.counts);
+      this.#forgotten.add(quiet);
     }
     sender ??= new Sender(time);
     this.#senders.set(key, sender); // at the end: heard last
@@ -760,16 +723,18 @@ export class SequenceStats {
   /** A line for each of the busiest senders, then one for all; none if nothing came. */
   summary(): string[] {
     const senders = [...this.#senders]
-      .sort(([, a], [, b]) => b.counts.received - a.counts.received);
-    const total = { ...this.#forgotten };
-    for (const [, { counts }] of senders) add(total, counts);
+      .sort(([, a], [, b]) => b.received - a.received);
     const lines = senders.slice(0, TOP_SENDERS)
-      .map(([key, { counts }]) => `${key}: ${describe(counts)}`);
+      .map(([key, sender]) => `${key}: ${sender.describe()}`);
+    const total = new Sender();
+    for (const sender of [this.#forgotten, ...this.#senders.values()]) {
+      total.add(sender);
+    }
     // A sender's loss is its own word (its count), which a forged source can
     // make up about itself: the total sums what came, and no such claims.
     total.expected = 0;
     if (total.senders > 1) {
-      lines.push(`${plural(total.senders, "sender")}: ${describe(total)}`);
+      lines.push(`${plural(total.senders, "sender")}: ${total.describe()}`);
     }
     if (this.#untracked) {
       const untracked = plural(this.#untracked, "datagram");
@@ -779,9 +744,19 @@ export class SequenceStats {
   }
 }
 
-/** One sender's counts, and its run of numbers. */
+/** One sender's run of numbers, and what came of it; or the sum of several. */
 class Sender {
-  counts: Counts;
+  senders = 0;
+  received = 0;
+  expected = 0;
+  arrived = 0; // numbers of the run that came, once each as far as known
+  duplicated = 0;
+  outOfOrder = 0;
+  tooLate = 0; // WINDOW or more behind the highest: maybe a duplicate
+  stray = 0;
+  unnumbered = 0;
+  first = Infinity;
+  last = -Infinity;
   #count = -1; // the run's count: 0 if its numbers have none; -1 before one
   #lowest = 0;
   #highest = 0;
@@ -789,66 +764,74 @@ class Sender {
   // each slot says which number it holds.
   #seen = new Uint32Array(WINDOW);
 
-  constructor(time: number) {
-    this.counts = { ...NO_COUNTS, senders: 1, first: time };
+  constructor(time?: number) {
+    if (time !== undefined) [this.senders, this.first] = [1, time];
   }
 
   /** Counts what the number that `data` starts with tells, if it has one. */
   see(data: Uint8Array, time: number) {
-    const counts = this.counts;
-    counts.received++;
-    counts.last = time;
+    this.received++;
+    this.last = time;
     const match = data[0] === 0x23 // "#": only then the regex
       ? NUMBERED.exec(String.fromCharCode(...data.subarray(0, 21)))
       : null;
-    if (!match) return void counts.unnumbered++;
+    if (!match) return void this.unnumbered++;
     const n = Number(match[1]), count = Number(match[2] ?? 0);
     if (this.#count < 0) [this.#count, this.#lowest] = [count, count ? 1 : n];
     const beyond = count ? n > count : n >= this.#highest + WINDOW;
     const stray = beyond && this.#highest > 0 || n < this.#lowest;
-    if (count !== this.#count || stray) return void counts.stray++;
+    if (count !== this.#count || stray) return void this.stray++;
     if (n > this.#highest) this.#highest = n;
-    else if (n <= this.#highest - WINDOW) counts.tooLate++;
-    else if (this.#seen[n % WINDOW] === n) return void counts.duplicated++;
-    else counts.outOfOrder++;
+    else if (n <= this.#highest - WINDOW) this.tooLate++;
+    else if (this.#seen[n % WINDOW] === n) return void this.duplicated++;
+    else this.outOfOrder++;
     this.#seen[n % WINDOW] = n;
-    counts.arrived++;
-    counts.expected = count || this.#highest - this.#lowest + 1;
+    this.arrived++;
+    this.expected = count || this.#highest - this.#lowest + 1;
+  }
+
+  /** Adds the counts of `other`, and widens the time to its. */
+  add(other: Sender) {
+    for (const key of COUNTS) this[key] += other[key];
+    this.first = Math.min(this.first, other.first);
+    this.last = Math.max(this.last, other.last);
+  }
+
+  /** `10,000 expected, 3,968 received, 6,032 lost (60.3%), 0 duplicated, 0 out of order, 81,528/s` */
+  describe(): string {
+    const { expected, received, first, last } = this;
+    const lost = Math.max(0, expected - this.arrived);
+    const share = expected ? lost * 100 / expected : 0;
+    const percent = share > 0 && share < 0.1 ? "<0.1" : share.toFixed(1);
+    const parts: [number, string, unknown][] = [
+      [expected, "expected", expected],
+      [received, "received", true],
+      [lost, `lost (${percent}%)`, expected],
+      [this.duplicated, "duplicated", expected],
+      [this.outOfOrder, "out of order", expected],
+      [this.tooLate, "too late", this.tooLate],
+      [this.stray, "stray", this.stray],
+      [this.unnumbered, "unnumbered", this.unnumbered],
+    ];
+    const shown = parts.filter(([, , shown]) => shown)
+      .map(([value, name]) => `${thousands(value)} ${name}`);
+    // A rate needs two readings of the clock, some time apart.
+    const rate = (received - 1) * 1000 / (last - first);
+    if (last > first) shown.push(`${thousands(rate)}/s`);
+    return shown.join(", ");
   }
 }
-
-/** Adds `counts` to `total`: the numbers summed, the times widened. */
-function add(total: Counts, counts: Counts) {
-  const { first, last } = total;
-  for (const key in counts) {
-    total[key as keyof Counts] += counts[key as keyof Counts];
-  }
-  total.first = Math.min(first, counts.first);
-  total.last = Math.max(last, counts.last);
-}
-
-/** `10,000 expected, 3,968 received, 6,032 lost (60.3%), 0 duplicated, 0 out of order, 81,528/s` */
-function describe(counts: Counts): string {
-  const { expected, received, arrived, first, last } = counts;
-  const lost = Math.max(0, expected - arrived);
-  const share = expected ? lost * 100 / expected : 0;
-  const percent = share > 0 && share < 0.1 ? "<0.1" : share.toFixed(1);
-  // A rate needs two readings of the clock, some time apart.
-  const rate = last > first &&
-    `${thousands((received - 1) * 1000 / (last - first))}/s`;
-  const parts = [
-    expected && `${thousands(expected)} expected`,
-    `${thousands(received)} received`,
-    expected && `${thousands(lost)} lost (${percent}%)`,
-    expected && `${thousands(counts.duplicated)} duplicated`,
-    expected && `${thousands(counts.outOfOrder)} out of order`,
-    counts.tooLate && `${thousands(counts.tooLate)} too late`,
-    counts.stray && `${thousands(counts.stray)} stray`,
-    counts.unnumbered && `${thousands(counts.unnumbered)} unnumbered`,
-    rate,
-  ];
-  return parts.filter(Boolean).join(", ");
-}
+const COUNTS = [
+  "senders",
+  "received",
+  "expected",
+  "arrived",
+  "duplicated",
+  "outOfOrder",
+  "tooLate",
+  "stray",
+  "unnumbered",
+] as const;
 
 /** `9,620`: rounded, thousands separated, the same on every system. */
 function thousands(value: number): string {
@@ -874,29 +857,6 @@ export function all(...handlers: Handler[]): Handler {
 }
 
 // 6. The command line, which wires the parts together.
-
-/** An error as the end of a line: "Address already in use (os error 98)" becomes "address already in use". */
-function reason(error: unknown): string {
-  let text = error instanceof Error ? error.message : String(error);
-  // Deno 2.0 adds the system's words again, and repeats some messages.
-  text = text.replace(/ \(os error \d+\).*$/s, "").replace(/^(.+): \1$/s, "$1");
-  // Deno says "run again with the --allow-net flag": say which.
-  const denied = text.match(/^Requires net access to "(.*):\d+"/)?.[1];
-  const flag = `--allow-net=${denied}`; // quoted for zsh, if it has brackets
-  if (denied) {
-    text = `not allowed: run server.ts with ${
-      denied.includes("[") ? `'${flag}'` : flag
-    }`;
-  }
-  // parseArgs explains in several sentences: the first says what is wrong.
-  if (/^ERR_PARSE_ARGS/.test((error as { code?: string } | null)?.code ?? "")) {
-    text = text.split(/(?<=\.)\s/)[0].replace(/\.$/, "");
-  }
-  text = text.replace(/^[A-Z](?=[a-z]* )/, (first) => first.toLowerCase());
-  const data = encoder.encode(text); // from outside: escaped as a datagram
-  const out = new Uint8Array(MAX_EXPANSION * data.length);
-  return new TextDecoder().decode(out.subarray(0, escapeInto(data, out, 0)));
-}
 
 const [REPLY_BURST, REPLY_PER_SECOND] = REPLY_RATE;
 const [RELAY_BURST, RELAY_PER_SECOND] = RELAY_RATE;
@@ -932,18 +892,20 @@ and up): services that answer every datagram listen below.`;
 // the output did not take in time; 2 a usage error; 141 the output's reader
 // went away (128 + SIGPIPE, as for `yes | head`).
 const EXIT_CLOSED = 141;
-// On a stop the lines still waiting get until GRACE_MS less SUMMARY_MS, the
-// summary the rest: it ends within 1 s, whatever the outputs do.
-const GRACE_MS = 800;
+// On a stop, the lines still waiting get LINES_MS, the summary SUMMARY_MS:
+// the server ends within 1 s, whatever its outputs do.
+const LINES_MS = 600;
 const SUMMARY_MS = 200;
+
+class UsageError extends Error {}
 
 function parseOptions(args: string[]) {
   if (args[0] === "--") args = args.slice(1); // `deno task server -- ...`
   // `--port -1` would be taken for two options: make it `--port=-1`.
-  const value = args.findIndex((arg, i) =>
-    /^-\d/.test(args[i + 1] ?? "") && /^(-p|--port)$/.test(arg)
+  const i = args.findIndex((arg, i) =>
+    /^(-p|--port)$/.test(arg) && /^-\d/.test(args[i + 1] ?? "")
   );
-  if (value >= 0) args.splice(value, 2, `--port=${args[value + 1]}`);
+  if (i >= 0) args.splice(i, 2, `--port=${args[i + 1]}`);
   const { values } = parseArgs({
     args,
     options: {
@@ -964,13 +926,14 @@ function parseOptions(args: string[]) {
   if (typo) {
     const [host, port] = [typo[1] ?? typo[3], typo[2] ?? typo[4]];
     const use = host ? `-H ${host} -p ${port}` : `-p ${port}`;
-    throw new Error(`--hostname takes no port: use ${use}`);
+    throw new UsageError(`--hostname takes no port: use ${use}`);
   }
   if (!/^\d+$/.test(port) || Number(port) > 65_535) {
-    throw new Error(`--port must be an integer from 0 to 65535, not "${port}"`);
+    const range = "an integer from 0 to 65535";
+    throw new UsageError(`--port must be ${range}, not "${port}"`);
   }
   if (values.echo && values.chat) {
-    throw new Error("--echo and --chat cannot be used together");
+    throw new UsageError("--echo and --chat cannot be used together");
   }
   // As Deno's permissions name it: lower case, IPv6 without brackets.
   const bare = hostname.toLowerCase().replace(/^\[(.*)\]$/, "$1");
@@ -984,7 +947,16 @@ async function main(args: string[]): Promise<number> {
   const controller = new AbortController();
   const out = new Output(Deno.stdout, { onError: () => controller.abort() });
   const err = new Output(Deno.stderr, { beside: out });
-  const code = await run(args, out, err, controller);
+  let code: number;
+  try {
+    code = await run(args, out, err, controller);
+  } catch (error) {
+    const kind = (error as { code?: string } | null)?.code ?? "";
+    const parse = kind.startsWith("ERR_PARSE_ARGS");
+    const usage = parse || error instanceof UsageError;
+    err.print(`error: ${reason(error)}${usage ? " (see --help)" : ""}`);
+    code = usage ? 2 : 1;
+  }
   // The last lines (an error, the help) get a moment, never long enough to
   // hang; a server that ran has finished both already.
   await out.finish(performance.now() + SUMMARY_MS);
@@ -1004,26 +976,16 @@ async function run(
 ): Promise<number> {
   // Deno 1.x runs this file but differs in ways that matter: say so.
   const deno = Deno.version.deno;
-  if (Number(deno.split(".")[0]) < 2) {
-    err.print(
-      `error: this needs Deno 2.0 or newer, not ${deno}: run deno upgrade`,
+  if (deno.startsWith("1.")) {
+    throw new Error(
+      `this needs Deno 2.0 or newer, not ${deno}: run deno upgrade`,
     );
-    return 1;
   }
-  let options;
-  try {
-    options = parseOptions(args);
-  } catch (error) {
-    err.print(`error: ${reason(error)} (see --help)`);
-    return 2;
-  }
+  const options = parseOptions(args);
   if (options.help) return out.print(USAGE), 0;
   // Without --unstable-net it is missing at run time; `deno check` passes.
   if (typeof Deno.listenDatagram !== "function") {
-    err.print(
-      "error: Deno.listenDatagram is unstable: run with --unstable-net",
-    );
-    return 1;
+    throw new Error("Deno.listenDatagram is unstable: run with --unstable-net");
   }
   // Ctrl+C may come twice (under `deno task`, from the terminal and from the
   // task runner): aborting twice is harmless. The listeners stay until
@@ -1031,7 +993,6 @@ async function run(
   const stop = () => controller.abort();
   Deno.addSignalListener("SIGINT", stop);
   if (Deno.build.os !== "windows") Deno.addSignalListener("SIGTERM", stop);
-  const warnings = new Warnings(err);
   // At a terminal, lines are cut to its width, followed as it is resized (a
   // width of 0 is unknown: then a common one).
   const terminal = Deno.stdout.isTerminal();
@@ -1040,15 +1001,16 @@ async function run(
   if (terminal && Deno.build.os !== "windows") {
     Deno.addSignalListener("SIGWINCH", () => printer.columns = width());
   }
+  const warnings = new Warnings(err);
   const room = options.chat ? new ChatRoom(warnings.warn) : undefined;
   const stats = options.stats ? new SequenceStats() : undefined;
   // Replies first (they read the clock as the datagram comes), the print last.
-  const handler = all(
-    ...options.echo ? [echo(warnings.warn)] : [],
-    ...room ? [room.relay] : [],
-    ...stats ? [stats.count] : [],
+  const handlers = [
+    options.echo ? echo(warnings.warn) : undefined,
+    room?.relay,
+    stats?.count,
     printer.print,
-  );
+  ].filter((handler) => handler !== undefined);
   const { hostname, port } = options;
   const mode = options.echo ? " (echo)" : room ? " (chat)" : "";
   let listening = false, failed = false;
@@ -1061,7 +1023,7 @@ async function run(
         listening = true;
         err.print(`Listening on ${formatAddress(addr)}${mode}; Ctrl+C stops`);
       },
-    }, handler);
+    }, all(...handlers));
   } catch (error) {
     const where = formatAddress({ transport: "udp", hostname, port });
     const context = listening ? "" : `cannot listen on ${reason(where)}: `;
@@ -1069,35 +1031,47 @@ async function run(
     if (!listening) return 1;
     failed = true;
   }
-  const deadline = performance.now() + GRACE_MS;
-  const unwritten = await out.finish(deadline - SUMMARY_MS);
+  const unwritten = await out.finish(performance.now() + LINES_MS);
   const closed = out.error instanceof Deno.errors.BrokenPipe;
   if (out.error && !closed) {
     err.print(`error: cannot write the output: ${reason(out.error)}`);
   }
   const hidden = warnings.held + err.dropped;
   const lost = `${plural(unwritten, "line")} not written`;
+  const { datagrams, bytes } = printer;
   const summary = [
-    `Received ${plural(printer.datagrams, "datagram")}, ${
-      plural(printer.bytes, "byte")
-    }`,
+    `Received ${plural(datagrams, "datagram")}, ${plural(bytes, "byte")}`,
     room && plural(room.size, "chat member"),
     hidden && `${plural(hidden, "warning")} not shown`,
-    closed && `the output was closed, ${lost}`,
-    !closed && out.error && lost,
+    closed ? `the output was closed, ${lost}` : out.error && lost,
     !out.error && unwritten && `${lost}: the output did not take them in time`,
   ];
-  for (
-    const line of [
-      summary.filter(Boolean).join("; "),
-      ...stats?.summary() ?? [],
-    ]
-  ) {
-    err.print(line);
-  }
-  await err.finish(deadline);
+  err.print(summary.filter(Boolean).join("; "));
+  for (const line of stats?.summary() ?? []) err.print(line);
+  await err.finish(performance.now() + SUMMARY_MS);
   if (closed) return EXIT_CLOSED;
   return out.error || unwritten || failed ? 1 : 0;
+}
+
+/** An error as the end of a line: "Address already in use (os error 98)" becomes "address already in use". */
+function reason(error: unknown): string {
+  let text = error instanceof Error ? error.message : String(error);
+  // Deno 2.0 adds the system's words again, and repeats some messages.
+  text = text.replace(/ \(os error \d+\).*$/s, "").replace(/^(.+): \1$/s, "$1");
+  // parseArgs explains in several sentences: the first says what is wrong.
+  text = text.split(/(?<=\.)\s/)[0].replace(/\.$/, "");
+  // Deno says "run again with the --allow-net flag": say which.
+  const denied = text.match(/^Requires net access to "(.*):\d+"/)?.[1];
+  const flag = `--allow-net=${denied}`; // zsh takes [::1] for a pattern
+  if (denied) {
+    text = `not allowed: run server.ts with ${
+      flag.includes("[") ? `'${flag}'` : flag
+    }`;
+  }
+  text = text.replace(/^[A-Z](?=[a-z]* )/, (first) => first.toLowerCase());
+  const data = encoder.encode(text); // from outside: escaped as a datagram
+  const out = new Uint8Array(MAX_EXPANSION * data.length);
+  return new TextDecoder().decode(out.subarray(0, escapeInto(data, out, 0)));
 }
 
 /** Warnings on an `Output`, at most one a second of each kind: a flood of failures must not become one of lines. */
@@ -1112,7 +1086,8 @@ class Warnings {
   }
 
   warn: Warn = (kind, text) => {
-    const time = now(), last = this.#kinds.get(kind) ?? { at: -1e9, held: 0 };
+    const time = performance.now();
+    const last = this.#kinds.get(kind) ?? { at: -Infinity, held: 0 };
     this.#kinds.set(kind, last);
     if (time - last.at < 1000) return void (last.held++, this.held++);
     const more = last.held ? ` (and ${last.held} more like it before)` : "";
