@@ -108,7 +108,7 @@ function isClosed(error: unknown): boolean {
 // the kernel drops what comes; and `console.log()` blocks the process, Ctrl+C
 // included. So lines are written in the background, 1 MiB waiting at most.
 const QUEUE_LIMIT = 1_048_576;
-const FLUSH_MS = 10; // lines that come together share a write
+const FLUSH_MS = 10;
 // A write is whole lines, at most PIPE_BUF (4096) bytes, which a pipe takes
 // whole or not at all; a longer line goes in pieces of up to 32 KiB, since
 // each write costs a hand-over to another thread.
@@ -203,10 +203,12 @@ export class Output {
   }
 
   async #write() {
-    await delay(FLUSH_MS, this.#stop.signal);
     while (!this.#stop.signal.aborted) {
       if (this.#start === this.#end) { // all written: the buffers swap
-        if (this.#added === 0) break;
+        // Lines that come together share a write: unless a write's worth
+        // waits, wait a moment for more (a write costs a thread hand-over).
+        if (this.#added < PIECE_SIZE) await delay(FLUSH_MS, this.#stop.signal);
+        if (this.#added === 0 || this.#stop.signal.aborted) break;
         [this.#adding, this.#writing] = [this.#writing, this.#adding];
         [this.#start, this.#end, this.#added] = [0, this.#added, 0];
       }
