@@ -30,15 +30,14 @@ export async function send(
     port: 0,
   });
   const result: SendResult = { sent: 0, bytes: 0, seconds: 0, ignored: 0 };
+  const start = performance.now();
   try {
-    const start = performance.now();
     for (let n = 1; n <= count; n++) {
       if (rate) await sleepUntil(start + (n - 1) * 1000 / rate);
       // 2. Send. UDP has no connection: every datagram names where it goes.
       const datagram = seq ? numbered(message, n, count) : message;
       await conn.send(datagram, server);
-      result.sent = n;
-      result.bytes += datagram.length;
+      [result.sent, result.bytes] = [n, result.bytes + datagram.length];
       onSent?.(n);
     }
     result.seconds = (performance.now() - start) / 1000;
@@ -49,73 +48,57 @@ export async function send(
   }
 }
 
-// ---------------------------------------------------------------------------
-// Beyond the tutorial: what a client needs on a real network, each part
-// behind the problem it solves, and the command line last.
-// ---------------------------------------------------------------------------
+// Beyond the tutorial: what a client needs on a real network, each part behind
+// the problem it solves, and the command line last. --------------------------
 
 /** The tutorial's server address. */
 export const DEFAULT_HOSTNAME = "127.0.0.1";
 /** The tutorial's server port. */
 export const DEFAULT_PORT = 6789;
 
-/** How `send()` sends. */
+/** How `send()` sends: to `hostname` and `port` (default: the tutorial's). */
 export interface SendOptions {
-  /** The server's address or host name (default: 127.0.0.1). */
-  hostname?: string;
-  /** Its port (default: 6789). */
-  port?: number;
-  /** Send the message this many times (default: 1). */
-  count?: number;
-  /** Send this many datagrams a second (default: as fast as it can). */
-  rate?: number;
-  /** Start each datagram with its number and the count: `#1/10 `, ... */
-  seq?: boolean;
-  /** Then wait for the server's reply. */
-  wait?: boolean;
-  /** How long to wait, in milliseconds (default: 2000). */
-  timeout?: number;
-  /** Called after each datagram sent, with how many are sent so far. */
+  /** The server's address or host name. */ hostname?: string;
+  /** Its port. */ port?: number;
+  /** Send the message this many times (default: 1). */ count?: number;
+  /** Datagrams a second (default: as fast as it can). */ rate?: number;
+  /** Start each datagram with `#n/count `: `#1/10 `, ... */ seq?: boolean;
+  /** Then wait for the server's reply. */ wait?: boolean;
+  /** How long to wait, in milliseconds (default: 2000). */ timeout?: number;
+  /** Called after each datagram, with how many are sent. */
   onSent?: (sent: number) => void;
 }
 
 /** What `send()` did. */
 export interface SendResult {
-  /** How many datagrams it sent. */
-  sent: number;
-  /** How many bytes, in all. */
-  bytes: number;
-  /** How long the sending took. */
-  seconds: number;
+  /** How many datagrams it sent. */ sent: number;
+  /** How many bytes, in all. */ bytes: number;
+  /** How long the sending took. */ seconds: number;
   /** With `wait`: the server's reply, and who sent it. */
   reply?: [Uint8Array, Deno.NetAddr];
-  /** How many datagrams from others than the server it ignored. */
-  ignored: number;
+  /** How many datagrams from others it ignored. */ ignored: number;
 }
 
 // Whom to trust: anyone can send to the client's port, claiming to be anyone,
 // so only datagrams from the address and port sent to are replies.
-
 type Peer = Deno.NetAddr & { address: string }; // the address replies come from
+type Conn = Deno.DatagramConn;
+type Counts = { ignored: number }; // datagrams from others
 
-// The host is looked up once, for the address that replies must come from.
+// The host is looked up once: replies must come from that address.
 async function resolve(options: SendOptions): Promise<Peer> {
   const { hostname = DEFAULT_HOSTNAME, port = DEFAULT_PORT } = options;
   let address = hostname;
+  // A name of this machine (localhost) is looked up as Deno's sockets do, by
+  // binding to it, which needs no other permission; another's by node:dns.
   if (!/:|^[\d.]+$/.test(hostname)) {
     try {
-      // A name of this machine (localhost) is looked up as Deno's sockets
-      // do, by binding to it: that needs no other permission.
-      const probe = Deno.listenDatagram({
-        transport: "udp",
-        hostname,
-        port: 0,
-      });
-      closeQuietly(probe);
+      const probe = bind(hostname);
       address = (probe.addr as Deno.NetAddr).hostname;
+      probe.close();
     } catch (error) {
       if (!(error instanceof Deno.errors.AddrNotAvailable)) throw error;
-      address = (await lookup(hostname)).address; // another machine's name
+      address = (await lookup(hostname)).address;
     }
   }
   // To the address if allowed: to a name, Deno would look it up again for
@@ -124,26 +107,26 @@ async function resolve(options: SendOptions): Promise<Peer> {
   return { transport: "udp", hostname: to, port, address: canonical(address) };
 }
 
-// One spelling of a host, the URL parser's (`::1` for `0:0::1`): addresses
-// are compared only so, both sides.
+// One spelling of a host, the URL parser's (`::1` for `0:0::1`, lower case):
+// addresses are compared only so, both sides.
 function canonical(host: string): string {
-  try {
-    const bare = host.replace(/^\[(.*)\]$/, "$1");
-    const { hostname } = new URL(`http://${bracketed(bare)}`);
-    return hostname.replace(/^\[(.*)\]$/, "$1");
-  } catch {
-    return host; // such as fe80::1%eth0, which the URL parser rejects
-  }
+  const url = URL.parse(`http://${bracketed(host.replace(/^\[|\]$/g, ""))}`);
+  return url?.hostname.replace(/^\[|\]$/g, "") ?? host; // not fe80::1%eth0
 }
 
 // Deno's permission to send to `host`, or "invalid" if it is not a host.
 function permission(host: string): string {
+  const query = { name: "net", host: bracketed(host) } as const;
   try {
-    const query = { name: "net", host: bracketed(host) } as const;
     return Deno.permissions.querySync(query).state;
   } catch {
     return "invalid";
   }
+}
+
+// A socket on `hostname`, at any free port.
+function bind(hostname: string): Conn {
+  return Deno.listenDatagram({ transport: "udp", hostname, port: 0 });
 }
 
 // The address to send from: the server's if it is loopback (127.x, ::1, or
@@ -153,74 +136,52 @@ function localAddress(address: string): string {
   return address.includes(":") ? "::" : "0.0.0.0";
 }
 
-/** Hands each datagram from the server to `handle` until `conn` closes; counts the others. */
-async function receiveEach(
-  conn: Deno.DatagramConn,
-  server: Peer,
-  counts: { ignored: number },
-  handle: (data: Uint8Array, from: Deno.NetAddr) => unknown,
-  resetsAllowed = 10,
-) {
-  for (let resets = 0;;) {
-    let data, from;
-    try {
-      [data, from] = await conn.receive();
-      resets = 0;
-    } catch (error) {
-      const closed = error instanceof Deno.errors.BadResource ||
-        error instanceof Deno.errors.Interrupted;
-      if (closed) return;
-      // Windows reports the ICMP "port unreachable" that answered a datagram
-      // as a failed receive (others say nothing): -i goes on, for a while.
-      if (!(error instanceof Deno.errors.ConnectionReset)) throw error;
-      const where = formatAddress(server);
-      if (++resets > resetsAllowed) {
-        throw new Failure(`no reply from ${where}: nothing is listening there`);
-      }
-      await writeLine("stderr", `warning: nothing is listening at ${where}`);
-      continue;
-    }
+/** The datagrams from the server, until `conn` closes; counts the others. */
+async function* fromServer(conn: Conn, server: Peer, counts: Counts) {
+  for await (const [data, from] of conn) {
     const { hostname, port } = from as Deno.NetAddr;
-    if (canonical(hostname) === server.address && port === server.port) {
-      await handle(data, from as Deno.NetAddr);
-    } else counts.ignored++;
+    const same = canonical(hostname) === server.address && port === server.port;
+    if (same) yield [data, from as Deno.NetAddr] as const;
+    else counts.ignored++;
   }
 }
 
 // UDP never says that a datagram was lost: the client waits only so long.
 async function waitForReply(
-  conn: Deno.DatagramConn,
+  conn: Conn,
   server: Peer,
   result: SendResult,
   timeout = 2000,
 ) {
   const timer = later(() => closeQuietly(conn), timeout);
-  await receiveEach(conn, server, result, (data, from) => {
-    result.reply = [data, from];
-    closeQuietly(conn);
-  }, 0).finally(() => clearTimeout(timer));
+  for await (const reply of fromServer(conn, server, result)) {
+    result.reply = [...reply];
+    break;
+  }
+  clearTimeout(timer);
   if (result.reply) return;
-  const where = formatAddress(server);
-  const ignored = result.ignored ? `; ${ignoredText(result, where)}` : "";
-  throw new Failure(
-    `no reply from ${where} within ${timeout} ms (only server --echo replies)${ignored}`,
-  );
-}
-
-function ignoredText({ ignored }: { ignored: number }, where: string): string {
-  return `ignored ${plural(ignored, "datagram")} not from ${where}`;
+  const where = formatAddress(server), n = plural(result.ignored, "datagram");
+  const only = `within ${timeout} ms (only server --echo replies)`;
+  const ignored = result.ignored ? `; ignored ${n} not from ${where}` : "";
+  throw new Failure(`no reply from ${where} ${only}${ignored}`);
 }
 
 // Pacing: a game sends at its tick rate. Each datagram is due at its time from
-// the start, so a late wake-up is made up and the rate never drifts.
-
-/** Sleeps until `performance.now()`, a clock that never steps, reaches `time`. */
+// the start, on performance.now(), which never steps: a late wake-up is made
+// up, and the rate never drifts. A timer may fire early: then it looks again.
 async function sleepUntil(time: number) {
-  // A timer may fire a fraction of a millisecond early: look again.
-  for (let wait; (wait = time - performance.now()) > 0;) {
-    await new Promise<void>((resolve) => later(resolve, wait));
-  }
+  while (performance.now() < time) await delay(time - performance.now());
 }
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => later(resolve, ms));
+}
+
+// setTimeout() takes 2^31-1 ms at most: past that, it fires at once.
+function later(callback: () => void, ms: number) {
+  return setTimeout(callback, Math.min(ms, 2 ** 31 - 1));
+}
+type Timer = ReturnType<typeof later>;
 
 // `#7/10000 ` and then `message`: the count tells the server what to expect.
 function numbered(message: Uint8Array, n: number, count: number): Uint8Array {
@@ -231,30 +192,22 @@ function numbered(message: Uint8Array, n: number, count: number): Uint8Array {
   return datagram;
 }
 
-// setTimeout() takes 2^31-1 ms at most: past that, it fires at once.
-function later(callback: () => void, ms: number) {
-  return setTimeout(callback, Math.min(ms, 2 ** 31 - 1));
-}
-
 // Size: one IP packet's 16-bit length leaves 65,507 bytes after the IPv4 and
 // UDP headers (taken for IPv6 too); macOS sends less by default.
 const MAX_DATAGRAM = 65_507;
+const MACOS = "macOS sends by default: raise it with sudo sysctl -w " +
+  "net.inet.udp.maxdgram=65535";
 const LIMITS = [ // bytes, system ("" for all), exit code, what it is
   [MAX_DATAGRAM, "", 2, "a UDP datagram can carry"],
-  [
-    9216,
-    "darwin",
-    1,
-    "macOS sends by default: raise it with sudo sysctl -w net.inet.udp.maxdgram=65535",
-  ],
+  [9216, "darwin", 1, MACOS],
 ] as const;
 
-function checkSize(what: string, length: number) {
+// The error to give for `what` of `length` bytes, if it is too long to send.
+function tooLong(what: string, length: number): Failure | undefined {
   for (const [bytes, os, code, says] of LIMITS) {
-    if (length > bytes && (!os || os === Deno.build.os)) {
-      const text = `${what} is ${length} bytes, more than the ${bytes} ${says}`;
-      throw new Failure(text, code);
-    }
+    if (length <= bytes || (os && os !== Deno.build.os)) continue;
+    const text = `${what} is ${length} bytes, more than the ${bytes} ${says}`;
+    return new Failure(text, code);
   }
 }
 
@@ -277,40 +230,31 @@ export async function interactive(
 ): Promise<{ ignored: number }> {
   const { linger = 0, print = (text) => writeLine("stdout", text) } = options;
   const server = await resolve(options);
-  const conn = Deno.listenDatagram({
-    transport: "udp",
-    hostname: localAddress(server.address),
-    port: 0,
-  });
+  const conn = bind(localAddress(server.address));
   const stop = () => closeQuietly(conn);
   const result = { ignored: 0 };
-  let ended = false;
-  let quiet: ReturnType<typeof later> | undefined;
-  let cutOff: ReturnType<typeof later> | undefined;
-  // Once the lines have ended, only the server's datagrams restart the quiet
-  // time: a stranger cannot keep the client going.
-  const printing = receiveEach(conn, server, result, async (data, from) => {
-    if (ended) (clearTimeout(quiet), quiet = later(stop, linger));
-    await print(formatMessage(data, from, options.hex));
-  });
+  let ended = false, quiet: Timer | undefined, cutOff: Timer | undefined;
+  // After the lines, only the server's datagrams restart the quiet time: a
+  // stranger cannot keep the client going.
+  const printing = (async () => {
+    for await (const [data, from] of fromServer(conn, server, result)) {
+      if (ended) (clearTimeout(quiet), quiet = later(stop, linger));
+      await print(formatMessage(data, from, options.hex));
+    }
+  })();
   // If printing fails (its reader went away), no more lines are read.
   const failed = printing.then(() => new Promise<never>(() => {}));
   failed.catch(() => {}); // raced below, and so rethrown there
   const iterator = lines[Symbol.asyncIterator]();
   try {
     for (let n = 1;; n++) {
-      const next = iterator.next();
-      next.catch(() => {}); // if it fails after printing did, nobody waits
-      const { done, value } = await Promise.race([next, failed]);
+      const { done, value } = await Promise.race([iterator.next(), failed]);
       if (done) break;
       const line = typeof value === "string" ? encoder.encode(value) : value;
-      try {
-        checkSize(`line ${n}`, typeof line === "number" ? line : line.length);
-        await conn.send(line as Uint8Array, server);
-      } catch (error) {
-        if (!(error instanceof Failure)) throw error;
-        await writeLine("stderr", `error: ${error.message}; not sent`);
-      }
+      const size = typeof line === "number" ? line : line.length;
+      const error = tooLong(`line ${n}`, size);
+      if (error) await writeLine("stderr", `error: ${error.message}; not sent`);
+      else await conn.send(line as Uint8Array, server);
     }
     ended = true;
     quiet = later(stop, linger);
@@ -330,83 +274,53 @@ export async function interactive(
 export async function* readLines(
   reader: ReadableStreamDefaultReader<Uint8Array>,
 ): AsyncGenerator<Uint8Array | number> {
-  let parts: Uint8Array[] = [], length = 0; // the line so far, while it fits
-  for (let read; !(read = await reader.read()).done;) {
-    let chunk = read.value;
-    for (let end; (end = chunk.indexOf(0x0a)) !== -1;) {
-      yield joinLine([...parts, chunk.subarray(0, end)], length + end);
-      [parts, length, chunk] = [[], 0, chunk.subarray(end + 1)];
-    }
-    if (length + chunk.length <= MAX_DATAGRAM + 1) parts.push(chunk);
-    length += chunk.length;
-  }
-  if (length > 0) yield joinLine(parts, length);
-}
-
-// The line of `length` bytes in `parts` less a last "\r", or its length.
-function joinLine(parts: Uint8Array[], length: number): Uint8Array | number {
-  if (length > MAX_DATAGRAM + 1) return length; // one more for a "\r"
-  const line = new Uint8Array(length);
-  parts.reduce((at, part) => (line.set(part, at), at + part.length), 0);
-  const end = line[length - 1] === 0x0d ? length - 1 : length;
-  return end > MAX_DATAGRAM ? end : line.subarray(0, end);
-}
-
-// At a terminal, a datagram must not split the line being typed: readline
-// prints it above, then draws the prompt and the typed text again below.
-function typing() {
-  const rl = createInterface({
-    input: process.stdin,
-    output: process.stdout,
-    prompt: "> ",
-  });
-  // Each prompt at once, before the keys typed after Enter: drawn later, it
-  // would put the cursor back to the start of the line, before them.
-  rl.on("line", () => rl.prompt());
-  rl.prompt();
-  const print = (text: string) => {
-    process.stdout.write(`\r\x1b[K${text}\n`);
-    rl.prompt(true); // the cursor where it was
+  let kept: number[] = [], length = 0; // the line so far; its bytes that fit
+  // The line less a last "\r", or its length if too long.
+  const line = () => {
+    if (kept.length === length && kept.at(-1) === 0x0d) (kept.pop(), length--);
+    const done = length > MAX_DATAGRAM ? length : new Uint8Array(kept);
+    [kept, length] = [[], 0];
+    return done;
   };
-  return { rl, print };
+  for (let read; !(read = await reader.read()).done;) {
+    for (const byte of read.value) {
+      if (byte === 0x0a) yield line();
+      else if (length++ <= MAX_DATAGRAM) kept.push(byte); // one more: "\r"
+    }
+  }
+  if (length > 0) yield line();
 }
 
 // Printing: what arrives is a stranger's bytes, escaped as the server escapes
 // them, so that none can move the cursor, forge a line or hide text.
 
 // A datagram as one line, its sender first, as server.ts prints it; at a
-// terminal, cut to its width, so that no tail wraps into a line of its own.
+// terminal, cut to its width (0: unknown, so 80), so that no tail wraps.
 function formatMessage(data: Uint8Array, from: Deno.NetAddr, hex?: boolean) {
   const size = hex ? ` (${plural(data.length, "byte")})` : "";
   const prefix = `Message from ${formatAddress(from)}${size}: `;
-  const columns = Deno.stdout.isTerminal()
-    ? (Deno.consoleSize().columns || 80) - prefix.length // 0: unknown
-    : Infinity;
+  const tty = Deno.stdout.isTerminal();
+  const width = tty ? Deno.consoleSize().columns || 80 : Infinity;
+  return prefix + escaped(data, width - prefix.length, hex);
+}
+
+// `data` escaped (in hex with `hex`), cut to `columns`: error messages too.
+function escaped(data: Uint8Array, columns = Infinity, hex = false): string {
   const out = new Uint8Array(MAX_EXPANSION * data.length + MARKER_ROOM);
   const end = (hex ? hexInto : escapeInto)(data, out, 0, columns);
-  return prefix + decoder.decode(out.subarray(0, end));
+  return new TextDecoder().decode(out.subarray(0, end));
 }
 
-// The same escapes for host names and error messages.
-function printable(text: string): string {
-  const data = encoder.encode(text);
-  const out = new Uint8Array(MAX_EXPANSION * data.length);
-  return decoder.decode(out.subarray(0, escapeInto(data, out, 0)));
-}
-
-// Writes `text` and a line end in pieces that a pipe takes whole or not at
-// all (see server.ts), so that a full non-blocking one can be tried again.
+// Writes `text` and a line end in pieces of 4096 bytes, which a pipe takes
+// whole or not at all: so a full non-blocking one can be tried again.
 async function writeLine(name: "stdout" | "stderr", text: string) {
-  let bytes = encoder.encode(`${text}\n`);
-  while (bytes.length > 0) {
+  for (let bytes = encoder.encode(`${text}\n`); bytes.length;) {
     try {
       bytes = bytes.subarray(await Deno[name].write(bytes.subarray(0, 4096)));
     } catch (error) {
-      if (error instanceof Deno.errors.BrokenPipe) throw error;
-      if (!(error instanceof Deno.errors.WouldBlock)) {
-        throw new Failure(`cannot write to ${name}: ${reason(error)}`);
-      }
-      await new Promise<void>((resolve) => later(resolve, 5));
+      if (error instanceof Deno.errors.WouldBlock) await delay(5);
+      else if (error instanceof Deno.errors.BrokenPipe) throw error;
+      else throw new Failure(`cannot write to ${name}: ${reason(error)}`);
     }
   }
 }
@@ -427,13 +341,15 @@ const SHORT = new Uint8Array(0x80);
 // a space or break a line, the default-ignorable (drawn as nothing), and
 // U+FFFD itself (it would pass for a decoding error).
 const HIDDEN = /[\p{C}\p{Z}\p{Default_Ignorable_Code_Point}\ufffd]/u;
+// A regex per character is slow, so each verdict is kept: 0 not known yet, 1
+// shown, 2 hidden (the need: README).
+const verdicts = new Uint8Array(0x110000);
 
 /**
  * Writes `data` escaped into `out` from `at`, and returns where it ends (room
  * needed: MAX_EXPANSION bytes each, and MARKER_ROOM). Given `columns`, it is
  * cut to fit in that many terminal columns (above ASCII a character counts
- * 2, to be safe) with ` \[+N bytes]` at the end, N the bytes not shown; only
- * that marker may be wider than a terminal narrower than it.
+ * 2, to be safe) with ` \[+N bytes]` at the end, N the bytes not shown.
  */
 export function escapeInto(
   data: Uint8Array,
@@ -456,8 +372,8 @@ export function escapeInto(
     else if (byte < 0x80 && SHORT[byte]) {
       out[o++] = BACKSLASH;
       out[o++] = SHORT[byte];
-    } else if (codePoint < 0x80) o = writeByte(out, o, byte); // not UTF-8, too
-    else if (isHidden(codePoint)) o = writeCodePoint(out, o, codePoint);
+    } else if (codePoint < 0x80) o = writeEscape(out, o, byte, 2); // or not UTF-8
+    else if (isHidden(codePoint)) o = writeEscape(out, o, codePoint, 4);
     else for (let k = 0; k < size; k++) out[o++] = data[i + k]; // as it is
     i += size;
     if (columns === Infinity) continue; // not at a terminal: no cut
@@ -477,10 +393,6 @@ function isPlain(data: Uint8Array): boolean {
   }
   return true;
 }
-
-// A regex per character is slow, so each verdict is kept: 0 not known yet, 1
-// shown, 2 hidden (the need measured: see the README's "What escaping costs").
-const verdicts = new Uint8Array(0x110000);
 
 function isHidden(codePoint: number): boolean {
   verdicts[codePoint] ||= HIDDEN.test(String.fromCodePoint(codePoint)) ? 2 : 1;
@@ -506,21 +418,17 @@ function leadingOnes(byte: number): number {
   return Math.clz32(~(byte << 24));
 }
 
-/** Writes `\xNN`: one byte, whatever it is. */
-function writeByte(out: Uint8Array, o: number, byte: number): number {
-  out[o] = BACKSLASH;
-  out[o + 1] = 0x78; // x
-  out[o + 2] = HEX[byte >> 4];
-  out[o + 3] = HEX[byte & 0xf];
-  return o + 4;
-}
-
-/** Writes `\uXXXX`, or `\u{XXXXX}` above U+FFFF, as JavaScript does. */
-function writeCodePoint(out: Uint8Array, o: number, codePoint: number) {
-  const digits = codePoint > 0xfffff ? 6 : codePoint > 0xffff ? 5 : 4;
-  o = writeText(out, o, digits > 4 ? "\\u{" : "\\u");
+/** Writes `\xNN` for a byte (2 digits), else `\uNNNN`, or `\u{NNNNN}` above U+FFFF, as JavaScript does. */
+function writeEscape(
+  out: Uint8Array,
+  o: number,
+  value: number,
+  digits: number,
+) {
+  if (digits > 2) digits = value > 0xfffff ? 6 : value > 0xffff ? 5 : 4;
+  o = writeText(out, o, digits === 2 ? "\\x" : digits > 4 ? "\\u{" : "\\u");
   for (let shift = 4 * digits - 4; shift >= 0; shift -= 4) {
-    out[o++] = HEX[(codePoint >> shift) & 0xf];
+    out[o++] = HEX[(value >> shift) & 0xf];
   }
   return digits > 4 ? writeText(out, o, "}") : o;
 }
@@ -542,20 +450,18 @@ function hexInto(
   at: number,
   columns: number,
 ) {
+  const fits = 3 * data.length - 1 <= columns;
   const room = Math.floor((columns - marker(data.length).length + 1) / 3);
-  const shown = 3 * data.length - 1 <= columns
-    ? data.length
-    : Math.max(0, room);
+  const shown = fits ? data.length : Math.max(0, room);
   let o = at;
   for (let i = 0; i < shown; i++) {
     if (i > 0) out[o++] = 0x20; // " "
-    [out[o++], out[o++]] = [HEX[data[i] >> 4], HEX[data[i] & 0xf]];
+    out[o++] = HEX[data[i] >> 4];
+    out[o++] = HEX[data[i] & 0xf];
   }
-  if (shown === data.length) return o;
-  return writeText(out, o, marker(data.length - shown));
+  return fits ? o : writeText(out, o, marker(data.length - shown));
 }
 // --- escaper: to here ---
-const decoder = new TextDecoder();
 
 /** `127.0.0.1:6789`, or `[::1]:6789` for IPv6. */
 function formatAddress({ hostname, port }: Deno.NetAddr): string {
@@ -567,12 +473,10 @@ function bracketed(hostname: string): string {
   return hostname.includes(":") ? `[${hostname}]` : hostname;
 }
 
-function closeQuietly(conn: Deno.DatagramConn) {
+function closeQuietly(conn: Conn) {
   try {
     conn.close();
-  } catch {
-    // closed already
-  }
+  } catch { /* closed already */ }
 }
 
 /** "1 datagram", "7,800 bytes". */
@@ -580,28 +484,16 @@ function plural(count: number, noun: string): string {
   return `${count.toLocaleString("en-US")} ${noun}${count === 1 ? "" : "s"}`;
 }
 
-// Whatever was thrown, as the end of a line: "address already in use".
+// An error as the end of a line: "Address already in use (os error 98)"
+// becomes "address already in use", and "x: x" becomes "x".
 function reason(error: unknown): string {
-  let text = "unknown error";
-  try {
-    text = String(error instanceof Error ? error.message : error);
-  } catch {
-    // no string form, as for Object.create(null)
-  }
-  // Without the system's error number and what follows it, and said once,
-  // not twice ("x: x").
-  text = text.replace(/ \(os error \d+\).*$/s, "").replace(/^(.+): \1$/s, "$1");
-  // A plain first word loses its capital; a name such as "Deno.listen" keeps it.
-  const plain = /^[A-Z][a-z]* /.test(text);
-  return plain ? text[0].toLowerCase() + text.slice(1) : text;
+  const text = error instanceof Error ? error.message : String(error);
+  return text.replace(/ \(os error \d+\).*$/s, "").replace(/^(.+): \1$/s, "$1")
+    .replace(/^[A-Z](?=[a-z]* )/, (first) => first.toLowerCase());
 }
 
-// The command line: each error is one line that says what to do. Exit codes:
-// 0 sent, 1 failed, 2 usage error, 130 Ctrl+C in -i, 141 output closed.
-const EXIT_USAGE = 2;
-const EXIT_INTERRUPTED = 130;
-const EXIT_CLOSED = 141;
-
+// The command line. Exit codes: 0 sent, 1 failed, 2 usage error, 130 Ctrl+C
+// in -i, 141 the output's reader went away (128 + SIGPIPE, as `yes | head`).
 class Failure extends Error {
   constructor(message: string, readonly code = 1) {
     super(message);
@@ -631,257 +523,185 @@ Options:
 
 Only the server's datagrams are printed: others are counted, and ignored.`;
 
-const OPTIONS = {
-  hostname: { type: "string", short: "H" },
-  port: { type: "string", short: "p" },
-  count: { type: "string", short: "c" },
-  rate: { type: "string", short: "r" },
-  seq: { type: "boolean", short: "s" },
-  wait: { type: "boolean", short: "w" },
-  timeout: { type: "string", short: "t" },
-  interactive: { type: "boolean", short: "i" },
-  hex: { type: "boolean", short: "x" },
-  help: { type: "boolean", short: "h" },
-} as const;
-// The greatest value of each number (the least is 1).
-// --count: --seq's numbers have 9 digits at most (server.ts reads no more).
-const MAX = {
-  port: 65_535,
-  count: 999_999_999,
-  rate: 1e6,
-  timeout: 2 ** 31 - 1,
+// The help is the table of options: parseArgs's, and which take a value.
+const TABLE = [...USAGE.matchAll(/^ {2}-(\w), --(\w+)( <)?/gm)];
+const OPTIONS = Object.fromEntries(TABLE.map(([, short, name, value]) => {
+  return [name, { short, type: value ? "string" : "boolean" } as const];
+}));
+const VALUED = TABLE.flatMap(([, s, name, value]) => {
+  return value ? [`-${s}`, `--${name}`] : [];
+});
+// Each number's default and greatest value (the least is 1); --count: --seq's
+// numbers have 9 digits at most (server.ts reads no more).
+const NUMBERS = {
+  count: [1, 999_999_999],
+  port: [DEFAULT_PORT, 65_535],
+  rate: [0, 1e6], // 0: as fast as it can
+  timeout: [2000, 2 ** 31 - 1],
 };
 
 type Options = ReturnType<typeof parseOptions>;
 
 function parseOptions(args: string[]) {
-  const { values, positionals } = parse(args);
+  // parseArgs takes `--count -1` for two options: a value is meant, and its
+  // own check says what is wrong with it.
+  args = [...args];
+  for (let i = 0; i < args.length && args[i] !== "--"; i++) {
+    if (!VALUED.includes(args[i]) || !args[i + 1]?.startsWith("-")) continue;
+    args.splice(i, 2, args[i] + (args[i][1] === "-" ? "=" : "") + args[i + 1]);
+  }
+  let parsed;
+  try {
+    parsed = parseArgs({ args, allowPositionals: true, options: OPTIONS });
+  } catch (error) {
+    const [first] = reason(error).split(/\.(?:\s|$)/); // parseArgs says more
+    const dash = ": to send words that start with -, put -- before them";
+    throw new Failure(first + (/^unknown/.test(first) ? dash : ""), 2);
+  }
+  const { positionals } = parsed;
+  const values = parsed.values as Record<string, string | undefined>;
+  const flags = parsed.values as Record<string, boolean | undefined>;
+  const { seq, wait, hex, help, interactive } = flags;
   if (positionals[0] === "--") positionals.shift(); // deno task client -- -- -v
-  const count = integer("count", values.count ?? "1");
+  const [count, port, rate, timeout] = Object.entries(NUMBERS).map(
+    ([name, [fallback, max]]) => {
+      const text = values[name];
+      if (text === undefined) return fallback;
+      if (/^\d+$/.test(text) && +text >= 1 && +text <= max) return +text;
+      const must = `--${name} must be an integer from 1 to ${max}`;
+      throw new Failure(`${must}, not "${text}"`, 2);
+    },
+  );
   const words = positionals.length ? positionals.join(" ") : "Hello, Server";
   const message = encoder.encode(words);
   // The largest number makes the longest datagram.
-  const mark = values.seq ? `#${count}/${count} `.length : 0;
-  checkSize(`message${mark ? " with its number" : ""}`, message.length + mark);
-  const { interactive, wait, rate, seq } = values;
-  if (
-    interactive && (positionals.length || wait || values.count || rate || seq)
-  ) {
-    throw new Failure(
-      "--interactive sends the lines of its input: give it no message, --count, --rate, --seq or --wait",
-      EXIT_USAGE,
-    );
+  const mark = seq ? `#${count}/${count} `.length : 0;
+  const what = mark ? "message with its number" : "message";
+  const error = tooLong(what, message.length + mark);
+  if (error) throw error;
+  const extras = [positionals.length, wait, seq, values.count, values.rate];
+  if (interactive && extras.some(Boolean)) {
+    const text = "--interactive sends the lines of its input: give it no " +
+      "message, --count, --rate, --seq or --wait";
+    throw new Failure(text, 2);
   }
+  // A port in --hostname is a usage error that says what to type instead.
   const typed = values.hostname ?? DEFAULT_HOSTNAME;
-  const hostname = parseHost(typed);
-  const port = integer("port", values.port ?? `${DEFAULT_PORT}`);
-  return {
-    ...values,
-    typed,
-    hostname,
-    port,
-    count,
-    message,
-    rate: rate === undefined ? undefined : integer("rate", rate),
-    timeout: integer("timeout", values.timeout ?? "2000"),
-    where: formatAddress({ transport: "udp", hostname, port }),
-  };
+  const typo = /^\[(.*)\]:(\d+)$|^([^:]*):(\d+)$/.exec(typed);
+  if (typo) {
+    const [host, port] = [typo[1] ?? typo[3], typo[2] ?? typo[4]];
+    const use = host ? `--hostname ${host} --port ${port}` : `--port ${port}`;
+    throw new Failure(`--hostname takes no port: use ${use}`, 2);
+  }
+  // As Deno's permissions name it: lower case, IPv6 short and unbracketed.
+  // Deno's check is stricter than the URL parser's ("a..b"); a label cannot
+  // start or end with a dash ("-bad").
+  const hostname = canonical(typed);
+  if (permission(hostname) === "invalid" || /(^|\.)-|-($|\.)/.test(hostname)) {
+    const must = "--hostname must be a host name or an IP address";
+    throw new Failure(`${must}, not "${typed}"`, 2);
+  }
+  const where = formatAddress({ transport: "udp", hostname, port });
+  const modes = { seq, wait, hex, help, interactive };
+  return { ...modes, hostname, port, count, rate, timeout, message, where };
 }
 
-function parse(args: string[]) {
-  // parseArgs takes `--count -1` for a value left out: a value is meant, and
-  // its own check says what is wrong with it.
-  const valued = Object.entries(OPTIONS).flatMap(([name, { type, short }]) =>
-    type === "string" ? [`--${name}`, `-${short}`] : []
-  );
-  const joined = [];
-  let i = 0;
-  for (; i < args.length && args[i] !== "--"; i++) {
-    const dashed = valued.includes(args[i]) && args[i + 1]?.startsWith("-");
-    const glue = args[i].startsWith("--") ? "=" : "";
-    joined.push(dashed ? args[i] + glue + args[++i] : args[i]);
-  }
-  try {
-    return parseArgs({
-      args: [...joined, ...args.slice(i)],
-      allowPositionals: true,
-      options: OPTIONS,
-    });
-  } catch (error) {
-    const [first] = reason(error).split(/\.(?:\s|$)/); // parseArgs says more
-    const unknown = (error as { code?: string } | null)?.code ===
-      "ERR_PARSE_ARGS_UNKNOWN_OPTION";
-    const todo = unknown
-      ? ": to send words that start with -, put -- before them"
-      : "";
-    throw new Failure(first + todo, EXIT_USAGE);
-  }
-}
-
-function integer(name: keyof typeof MAX, text: string): number {
-  const value = Number(text);
-  if (/^\d+$/.test(text) && value >= 1 && value <= MAX[name]) return value;
-  const range = `an integer from 1 to ${MAX[name]}`;
-  throw new Failure(`--${name} must be ${range}, not "${text}"`, EXIT_USAGE);
-}
-
-// `--hostname` as Deno's permissions name it: lower case, IPv6 short and
-// unbracketed. A port in it is a usage error that says what to type instead.
-function parseHost(typed: string): string {
-  const [, name, port] = typed.match(/^\[(.*)\]:(\d+)$/) ??
-    typed.match(/^(.*):(\d+)$/) ?? [];
-  // "::1:6789" is an IPv6 address too: it is taken for a host and a port
-  // only if the part before the last colon is allowed and the whole is not.
-  const v6 = name?.includes(":") && !typed.startsWith("[");
-  if (
-    name !== undefined && (!v6 || permission(name) === "granted" &&
-        permission(typed) !== "granted")
-  ) {
-    const todo = `use --hostname ${name} --port ${port}`;
-    throw new Failure(`--hostname takes no port: ${todo}`, EXIT_USAGE);
-  }
-  const host = canonical(typed);
-  // Deno's check is stricter than the URL parser's ("a..b"), and a label
-  // cannot start or end with a dash ("-bad").
-  if (permission(host) === "invalid" || /(^|\.)-|-($|\.)/.test(host)) {
-    const text = `--hostname must be a host name or an IP address`;
-    throw new Failure(`${text}, not "${typed}"`, EXIT_USAGE);
-  }
-  return host;
-}
-
-async function runSend(
-  options: Options,
-): Promise<{ ignored: number; code?: number }> {
-  const { message, count, where } = options;
-  const [least, most] = [1, count].map((n) => `#${n}/${count} `.length);
-  const sizes = `${message.length + least}${
-    least < most ? ` to ${message.length + most}` : ""
-  }`;
-  const a = /^8|^1[18](\d{3})*$/.test(`${message.length}`) ? "an" : "a";
+async function runSend(options: Options) {
+  const { message: { length }, count, where } = options;
+  const sizes = [1, count].map((n) => length + `#${n}/${count} `.length);
+  const range = sizes[0] < sizes[1] ? sizes.join(" to ") : sizes[0];
+  const a = /^8|^1[18](\d{3})*$/.test(`${length}`) ? "an" : "a";
   const times = count > 1 ? `, ${count} times` : "";
-  await writeLine(
-    "stderr",
-    options.seq
-      ? `Sending ${
-        plural(count, "numbered datagram")
-      } of ${sizes} bytes to ${where}`
-      : `Sending ${a} ${message.length}-byte datagram to ${where}${times}`,
+  const numbered = `${plural(count, "numbered datagram")} of ${range} bytes`;
+  const what = options.seq ? numbered : `${a} ${length}-byte datagram${times}`;
+  await writeLine("stderr", `Sending ${what} to ${where}`);
+  // Progress of a long send, at a terminal only, drawn again in place at
+  // most 4 times a second.
+  const tty = count > 1 && Deno.stderr.isTerminal();
+  let shown = performance.now();
+  const onSent = (sent: number) => {
+    if (!tty || performance.now() - shown < 250) return;
+    shown = performance.now();
+    Deno.stderr.writeSync(encoder.encode(`\rSent ${sent} of ${count}`));
+  };
+  const result = await send(options.message, { ...options, onSent }).finally(
+    () => tty && Deno.stderr.writeSync(encoder.encode("\r\x1b[K")), // gone
   );
-  const onSent = progress(count);
-  let result;
-  try {
-    result = await send(message, { ...options, onSent });
-  } finally {
-    if (onSent) Deno.stderr.writeSync(encoder.encode("\r\x1b[K")); // gone
-  }
   const { sent, bytes, seconds, reply } = result;
   if (count > 1 || options.rate) {
     const time = seconds.toFixed(seconds < 1 ? 3 : 1);
     const each = Math.round(sent / seconds).toLocaleString("en-US");
-    const rate = seconds ? `: ${each}/s` : "";
     const all = `${plural(sent, "datagram")}, ${plural(bytes, "byte")}`;
+    const rate = seconds ? `: ${each}/s` : "";
     await writeLine("stderr", `Sent ${all} in ${time} s${rate}`);
   }
   if (reply) await writeLine("stdout", formatMessage(...reply, options.hex));
-  return result;
+  return { ...result, code: 0 };
 }
 
-// Progress of a long send, at a terminal only, drawn again in place at most
-// 4 times a second.
-function progress(count: number): ((sent: number) => void) | undefined {
-  if (count < 2 || !Deno.stderr.isTerminal()) return undefined;
-  let shown = performance.now();
-  return (sent) => {
-    if (performance.now() - shown < 250) return;
-    shown = performance.now();
-    Deno.stderr.writeSync(encoder.encode(`\rSent ${sent} of ${count}`));
-  };
-}
-
-async function runInteractive(
-  options: Options,
-): Promise<{ ignored: number; code?: number }> {
-  const { hostname, port, hex, timeout, where } = options;
+async function runInteractive(options: Options) {
+  const { hostname, port, hex, timeout: linger, where } = options;
   await writeLine("stderr", `Sending each line to ${where}; Ctrl+D ends`);
   // Readline's prompt and redrawing only when both ends are the terminal:
-  // never into a file or a pipe.
+  // never into a file or a pipe. From a pipe, replies come after the input.
   if (!Deno.stdin.isTerminal() || !Deno.stdout.isTerminal()) {
-    // From a pipe or a file, the replies come after the last line is sent.
     const lines = readLines(Deno.stdin.readable.getReader());
-    return await interactive(lines, { hostname, port, hex, linger: timeout });
+    const result = await interactive(lines, { hostname, port, hex, linger });
+    return { ...result, code: 0 };
   }
-  const { rl, print } = typing();
+  // At a terminal, a datagram must not split the line being typed: readline
+  // prints it above, then draws the prompt and the typed text again below.
+  const [input, output] = [process.stdin, process.stdout];
+  const rl = createInterface({ input, output, prompt: "> " });
+  // Each prompt at once, before the keys typed after Enter: drawn later, it
+  // would put the cursor back to the start of the line, before them.
+  rl.on("line", () => rl.prompt());
+  rl.prompt();
+  const print = (text: string) => {
+    output.write(`\r\x1b[K${text}\n`);
+    rl.prompt(true); // the cursor where it was
+  };
   let code = 0;
-  rl.on("SIGINT", () => (code = EXIT_INTERRUPTED, rl.close()));
+  rl.on("SIGINT", () => (code = 130, rl.close()));
   try {
     return { ...await interactive(rl, { hostname, port, hex, print }), code };
   } finally {
     rl.close(); // the terminal as it was, the shell's prompt on a new line
-    process.stdout.write("\n");
+    output.write("\n");
   }
 }
 
 async function main(args: string[]): Promise<number> {
   let options;
   try {
-    // Deno 1.x runs this file, but differs in what matters here: say so,
-    // rather than fail in some odd way later.
-    if (Number(Deno.version.deno.split(".")[0]) < 2) {
-      const deno = Deno.version.deno;
-      throw new Failure(
-        `this needs Deno 2.0 or newer, not ${deno}: run deno upgrade`,
-      );
-    }
+    // Deno 1.x runs this file but differs in ways that matter: say so.
+    const deno = Deno.version.deno, upgrade = "run deno upgrade";
+    const old = `this needs Deno 2.0 or newer, not ${deno}: ${upgrade}`;
+    if (parseInt(deno) < 2) throw new Failure(old);
     options = parseOptions(args);
     if (options.help) return (await writeLine("stdout", USAGE), 0);
-    // Without --unstable-net, Deno.listenDatagram is missing at run time,
-    // though `deno check` finds nothing wrong.
-    if (typeof Deno.listenDatagram !== "function") {
-      throw new Failure(
-        "Deno.listenDatagram is unstable: run with --unstable-net",
-      );
-    }
+    // Without --unstable-net it is missing at run time; `deno check` passes.
+    const unstable = "Deno.listenDatagram is unstable: run with --unstable-net";
+    if (typeof Deno.listenDatagram !== "function") throw new Failure(unstable);
     const run = options.interactive ? runInteractive : runSend;
-    const { ignored, code = 0 } = await run(options);
-    if (ignored) {
-      const text = ignoredText({ ignored }, options.where);
-      await writeLine("stderr", text[0].toUpperCase() + text.slice(1));
-    }
+    const { ignored, code } = await run(options);
+    const not = `${plural(ignored, "datagram")} not from ${options.where}`;
+    if (ignored) await writeLine("stderr", `Ignored ${not}`);
     return code;
   } catch (error) {
-    return await fail(error, options);
+    if (error instanceof Deno.errors.BrokenPipe) return 141;
+    // What Deno or the network refused, in Deno's words: one line.
+    const where = options ? `cannot send to ${options.where}: ` : "";
+    const failure = error instanceof Failure
+      ? error
+      : new Failure(where + reason(error));
+    const help = failure.code === 2 ? " (see --help)" : "";
+    const line = `error: ${escaped(encoder.encode(failure.message))}${help}`;
+    return await writeLine("stderr", line).then(
+      () => failure.code,
+      (error) => error instanceof Deno.errors.BrokenPipe ? 141 : 1,
+    );
   }
-}
-
-// Says what failed, in one line, and returns the exit code.
-async function fail(error: unknown, options?: Options): Promise<number> {
-  if (error instanceof Deno.errors.BrokenPipe) return EXIT_CLOSED;
-  const failure = error instanceof Failure ? error : explain(error, options);
-  const help = failure.code === EXIT_USAGE ? " (see --help)" : "";
-  try {
-    await writeLine("stderr", `error: ${printable(failure.message)}${help}`);
-    return failure.code;
-  } catch (error) {
-    return error instanceof Deno.errors.BrokenPipe ? EXIT_CLOSED : 1;
-  }
-}
-
-// What the network or Deno refused, as a line that says what to do.
-function explain(error: unknown, options?: Options): Failure {
-  if (!options) return new Failure(reason(error));
-  if (!(error instanceof Deno.errors.NotCapable)) {
-    return new Failure(`cannot send to ${options.where}: ${reason(error)}`);
-  }
-  // The flag that allows the server's host, and the address to send from if
-  // that was denied too; quoted for zsh, which takes `[::1]` for a pattern.
-  const [, denied = ""] = error.message.match(/access to "(.*):\d+"/) ?? [];
-  const hosts = new Set([bracketed(options.hostname), denied].filter(Boolean));
-  const flag = `--allow-net=${[...hosts].join(",")}`;
-  const quoted = flag.includes("[") ? `'${flag}'` : flag;
-  return new Failure(
-    `not allowed to send to ${options.typed}: run client.ts with ${quoted}`,
-  );
 }
 
 if (import.meta.main) Deno.exit(await main(Deno.args));
