@@ -418,7 +418,7 @@ function leadingOnes(byte: number): number {
   return Math.clz32(~(byte << 24));
 }
 
-/** Writes `\xNN` for a byte (2 digits), else `\uNNNN`, or `\u{NNNNN}` above U+FFFF, as JavaScript does. */
+/** Writes `\xNN` (2 digits), or `\uNNNN` (`\u{NNNNN}` above U+FFFF), as JavaScript does. */
 function writeEscape(
   out: Uint8Array,
   o: number,
@@ -443,7 +443,7 @@ function writeText(out: Uint8Array, o: number, ascii: string): number {
   return o;
 }
 
-/** Writes `data` as hex, `ff fe 00 41`, into `out` from `at`; cut to `columns` as `escapeInto()` cuts. */
+/** Writes `data` as hex (`ff fe 00 41`), cut to `columns` as `escapeInto()` cuts. */
 function hexInto(
   data: Uint8Array,
   out: Uint8Array,

@@ -13,7 +13,7 @@ export const DEFAULT_HOSTNAME = "127.0.0.1";
 /** The tutorial's port. */
 export const DEFAULT_PORT = 6789;
 
-/** The tutorial's server: binds, then hands each datagram to `handler` (a print, in the tutorial) until `signal` aborts. */
+/** The tutorial's server: binds, then hands each datagram to `handler` until `signal` aborts. */
 export async function serve(options: ServeOptions, handler: Handler) {
   const { hostname = DEFAULT_HOSTNAME, port = DEFAULT_PORT, signal } = options;
   // 1. Bind. There is no listen() or accept(): UDP has no connections, so
@@ -116,7 +116,7 @@ const PIECE_SIZE = 4096;
 const LONG_PIECE_SIZE = 32_768;
 const RETRY_MS = 5; // after WouldBlock: a non-blocking pipe is full
 
-/** Lines on their way to a writer such as `Deno.stdout`: in order, in the background, 1 MiB waiting at most. */
+/** Lines on their way to a writer such as `Deno.stdout`, in the background: 1 MiB waits at most. */
 export class Output {
   /** Lines that `print()` dropped because 1 MiB was waiting. */
   dropped = 0;
@@ -161,7 +161,7 @@ export class Output {
     return this.#end - this.#start + this.#added >= QUEUE_LIMIT;
   }
 
-  /** Resolves once less than 1 MiB waits, or the output has stopped; rejects if the writer failed. */
+  /** Resolves once less than 1 MiB waits, or the output stopped; rejects if the writer failed. */
   async room() {
     while (this.full && !this.#error && !this.#stop.signal.aborted) {
       await this.#changed.promise;
@@ -184,13 +184,13 @@ export class Output {
     this.#loop ??= this.#write();
   }
 
-  /** Adds `text` as a line, or drops it while 1 MiB waits: for diagnostics, which must hold nothing up. */
+  /** Adds `text` as a line, or drops it while 1 MiB waits: diagnostics hold nothing up. */
   print(text: string) {
     if (this.full || this.#error) this.dropped++;
     else this.append(encoder.encode(`${text}\n`));
   }
 
-  /** Writes until `until` (`performance.now()`), then stops; returns how many lines were not written. */
+  /** Writes until `until` (`performance.now()`), then stops; returns the lines not written. */
   async finish(until: number): Promise<number> {
     const late = delay(until - performance.now(), this.#stop.signal);
     await Promise.race([this.#loop, late]);
@@ -244,7 +244,7 @@ export class Output {
   }
 }
 
-/** What to write of `lines` from `start` to `end`: whole lines up to PIECE_SIZE, or a long line's next piece. */
+/** The next write of `lines[start..end]`: whole lines up to PIECE_SIZE, or a long line's piece. */
 function nextPiece(lines: Uint8Array, start: number, end: number): Uint8Array {
   const piece = lines.subarray(start, Math.min(end, start + PIECE_SIZE));
   const newline = piece.lastIndexOf(0x0a);
@@ -261,7 +261,7 @@ function countLines(bytes: Uint8Array): number {
   return lines;
 }
 
-/** Resolves after `ms` milliseconds (clamped, as setTimeout() takes 2^31-1 at most), or as soon as `signal` aborts. */
+/** Resolves after `ms` milliseconds, or as soon as `signal` aborts. */
 function delay(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
     const done = () => {
@@ -269,6 +269,7 @@ function delay(ms: number, signal: AbortSignal): Promise<void> {
       signal.removeEventListener("abort", done);
       resolve();
     };
+    // Clamped: setTimeout() fires at once past 2^31-1 ms.
     const timer = setTimeout(done, Math.min(Math.max(0, ms), 2 ** 31 - 1));
     signal.addEventListener("abort", done);
     if (signal.aborted) done();
@@ -281,7 +282,7 @@ function delay(ms: number, signal: AbortSignal): Promise<void> {
 // (bidirectional controls). So printable text is shown as it is, and every
 // other byte as an escape that reads back into the exact bytes.
 
-/** Prints each datagram as one line, `Message from <sender>: <text>` (with `hex`: `... (4 bytes): ff fe 00 41`). */
+/** Prints each datagram as a line: `Message from <sender>: <text>`, or in hex. */
 export class Printer {
   /** Datagrams printed. */
   datagrams = 0;
@@ -419,7 +420,7 @@ function leadingOnes(byte: number): number {
   return Math.clz32(~(byte << 24));
 }
 
-/** Writes `\xNN` for a byte (2 digits), else `\uNNNN`, or `\u{NNNNN}` above U+FFFF, as JavaScript does. */
+/** Writes `\xNN` (2 digits), or `\uNNNN` (`\u{NNNNN}` above U+FFFF), as JavaScript does. */
 function writeEscape(
   out: Uint8Array,
   o: number,
@@ -444,7 +445,7 @@ function writeText(out: Uint8Array, o: number, ascii: string): number {
   return o;
 }
 
-/** Writes `data` as hex, `ff fe 00 41`, into `out` from `at`; cut to `columns` as `escapeInto()` cuts. */
+/** Writes `data` as hex (`ff fe 00 41`), cut to `columns` as `escapeInto()` cuts. */
 function hexInto(
   data: Uint8Array,
   out: Uint8Array,
@@ -694,7 +695,7 @@ const TOP_SENDERS = 5; // named in the summary, busiest first
 // `#<n> ` or `#<n>/<count> `: decimal from 1, no leading zero, up to 9 digits.
 const NUMBERED = /^#([1-9]\d{0,8})(?:\/([1-9]\d{0,8}))? /;
 
-/** Follows the numbers (`#<n>/<count> `, from the client's `--seq`) of each sender: loss, duplicates, order and rate. */
+/** Counts what each sender's numbers (`#<n>/<count> `, from `client --seq`) tell. */
 export class SequenceStats {
   #senders = new Map<string, Sender>(); // heard longest ago first
   #forgotten = new Sender(); // the counts of those forgotten
@@ -799,7 +800,7 @@ class Sender {
     this.last = Math.max(this.last, other.last);
   }
 
-  /** `10,000 expected, 3,968 received, 6,032 lost (60.3%), 0 duplicated, 0 out of order, 81,528/s` */
+  /** `10,000 expected, 3,968 received, 6,032 lost (60.3%), ..., 81,528/s` */
   describe(): string {
     const { expected, received, first, last } = this;
     const lost = Math.max(0, expected - this.arrived);
@@ -1055,7 +1056,7 @@ async function run(
   return out.error || unwritten || failed ? 1 : 0;
 }
 
-/** An error as the end of a line: "Address already in use (os error 98)" becomes "address already in use". */
+/** An error as the end of a line: `Address in use (os error 98)` as `address in use`. */
 function reason(error: unknown): string {
   let text = error instanceof Error ? error.message : String(error);
   // Deno 2.0 adds the system's words again, and repeats some messages.
@@ -1076,7 +1077,7 @@ function reason(error: unknown): string {
   return new TextDecoder().decode(out.subarray(0, escapeInto(data, out, 0)));
 }
 
-/** Warnings on an `Output`, at most one a second of each kind: a flood of failures must not become one of lines. */
+/** Warnings, one a second of each kind at most: a flood must not become one of lines. */
 class Warnings {
   /** Warnings held back, and not shown since. */
   held = 0;
