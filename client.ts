@@ -372,8 +372,8 @@ export function escapeInto(
     else if (byte < 0x80 && SHORT[byte]) {
       out[o++] = BACKSLASH;
       out[o++] = SHORT[byte];
-    } else if (codePoint < 0x80) o = writeEscape(out, o, byte, 2); // or not UTF-8
-    else if (isHidden(codePoint)) o = writeEscape(out, o, codePoint, 4);
+    } else if (codePoint < 0x80) o = writeByte(out, o, byte); // or not UTF-8
+    else if (isHidden(codePoint)) o = writeCodePoint(out, o, codePoint);
     else for (let k = 0; k < size; k++) out[o++] = data[i + k]; // as it is
     i += size;
     if (columns === Infinity) continue; // not at a terminal: no cut
@@ -418,17 +418,21 @@ function leadingOnes(byte: number): number {
   return Math.clz32(~(byte << 24));
 }
 
-/** Writes `\xNN` (2 digits), or `\uNNNN` (`\u{NNNNN}` above U+FFFF), as JavaScript does. */
-function writeEscape(
-  out: Uint8Array,
-  o: number,
-  value: number,
-  digits: number,
-) {
-  if (digits > 2) digits = value > 0xfffff ? 6 : value > 0xffff ? 5 : 4;
-  o = writeText(out, o, digits === 2 ? "\\x" : digits > 4 ? "\\u{" : "\\u");
+/** Writes `\xNN`: one byte, whatever it is. */
+function writeByte(out: Uint8Array, o: number, byte: number): number {
+  out[o] = BACKSLASH;
+  out[o + 1] = 0x78; // x
+  out[o + 2] = HEX[byte >> 4];
+  out[o + 3] = HEX[byte & 0xf];
+  return o + 4;
+}
+
+/** Writes `\uXXXX`, or `\u{XXXXX}` above U+FFFF, as JavaScript does. */
+function writeCodePoint(out: Uint8Array, o: number, codePoint: number) {
+  const digits = codePoint > 0xfffff ? 6 : codePoint > 0xffff ? 5 : 4;
+  o = writeText(out, o, digits > 4 ? "\\u{" : "\\u");
   for (let shift = 4 * digits - 4; shift >= 0; shift -= 4) {
-    out[o++] = HEX[(value >> shift) & 0xf];
+    out[o++] = HEX[(codePoint >> shift) & 0xf];
   }
   return digits > 4 ? writeText(out, o, "}") : o;
 }
