@@ -295,7 +295,7 @@ export class Printer {
   #output: Output;
   #hex: boolean;
   #from: Deno.NetAddr | undefined; // the last sender, and its prefix
-  #prefix = new Uint8Array();
+  #prefix: Uint8Array = new Uint8Array();
   #line = new Uint8Array(65_536); // each line is made here
 
   /** A printer to `output`; at a terminal, `columns` is its width. */
