@@ -146,7 +146,8 @@ export class Output {
     writer: { write(data: Uint8Array): Promise<number> },
     options: { onError?: (error: Error) => void; beside?: Output } = {},
   ) {
-    [this.#writer, this.#beside] = [writer, options.beside];
+    this.#writer = writer;
+    this.#beside = options.beside;
     this.#onError = options.onError ?? (() => {});
     if (options.beside) options.beside.#beside = this;
   }
@@ -210,7 +211,8 @@ export class Output {
         if (this.#added < PIECE_SIZE) await delay(FLUSH_MS, this.#stop.signal);
         if (this.#added === 0 || this.#stop.signal.aborted) break;
         [this.#adding, this.#writing] = [this.#writing, this.#adding];
-        [this.#start, this.#end, this.#added] = [0, this.#added, 0];
+        this.#end = this.#added;
+        this.#start = this.#added = 0;
       }
       const piece = nextPiece(this.#writing, this.#start, this.#end);
       // Turns with `beside` (see the constructor): never inside its line, and
@@ -220,10 +222,15 @@ export class Output {
         await other.#changed.promise;
         continue;
       }
-      [this.#busy, this.#midLine] = [true, this.#midLine || !ends];
+      this.#busy = true;
+      if (!ends) this.#midLine = true; // until a write ends the line
       try {
         const written = await this.#writer.write(piece);
-        if (written > 0) this.#midLine = piece[written - 1] !== 0x0a;
+        // (After a stop, the rest of the line is not written: it is no turn.)
+        const stopped = this.#stop.signal.aborted;
+        if (written > 0 && !stopped) {
+          this.#midLine = piece[written - 1] !== 0x0a;
+        }
         this.#start += written;
       } catch (error) {
         if (error instanceof Deno.errors.WouldBlock) {
@@ -300,7 +307,8 @@ export class Printer {
 
   /** A printer to `output`; at a terminal, `columns` is its width. */
   constructor(output: Output, options: { hex?: boolean; columns?: number }) {
-    [this.#output, this.#hex] = [output, options.hex ?? false];
+    this.#output = output;
+    this.#hex = options.hex ?? false;
     this.columns = options.columns ?? Infinity;
   }
 
@@ -313,7 +321,8 @@ export class Printer {
     if (hex || from.port !== last?.port || from.hostname !== last.hostname) {
       const size = hex ? ` (${plural(data.length, "byte")})` : "";
       const prefix = `Message from ${formatAddress(from)}${size}: `;
-      [this.#from, this.#prefix] = [from, encoder.encode(prefix)];
+      this.#from = from;
+      this.#prefix = encoder.encode(prefix);
     }
     const at = this.#prefix.length;
     const size = at + MAX_EXPANSION * data.length + MARKER_ROOM + 1;
@@ -510,17 +519,19 @@ function refusal(self: Deno.NetAddr, to: Deno.NetAddr): string | undefined {
 type Bucket = { tokens: number; at: number }; // at: ms
 type Rate = [burst: number, perSecond: number];
 
-/** Refills `bucket` up to `now`; takes `spend` tokens if it has them. Returns whether it had. */
-function take(
-  bucket: Bucket,
-  [burst, perSecond]: Rate,
-  now: number,
-  spend = 1,
-) {
+/** Refills `bucket` up to `now`, and returns whether it is full again. */
+function refill(bucket: Bucket, [burst, perSecond]: Rate, now: number) {
   const tokens = bucket.tokens + (now - bucket.at) * perSecond / 1000;
-  [bucket.tokens, bucket.at] = [Math.min(burst, tokens), now];
-  if (bucket.tokens < spend) return false;
-  bucket.tokens -= spend;
+  bucket.tokens = Math.min(burst, tokens);
+  bucket.at = now;
+  return bucket.tokens === burst;
+}
+
+/** Takes a token from `bucket` at `now`, if it has one. */
+function take(bucket: Bucket, rate: Rate, now: number): boolean {
+  refill(bucket, rate, now);
+  if (bucket.tokens < 1) return false;
+  bucket.tokens--;
   return true;
 }
 
@@ -534,9 +545,10 @@ const REPLY_RATE: Rate = [100, 100];
 const LOOP_MS = 10;
 const LOOP_LIMIT = 2;
 const LOOP_MEMORY = 64; // replies remembered per address
-// Addresses remembered, as forged sources have no end. Only one that has run
-// its course (budget full again, no reply in LOOP_MS) is forgotten: forgetting
-// one under way would hand whoever filled the table a fresh budget.
+// Addresses remembered, as forged sources have no end. Only one whose budget
+// is full again is forgotten: forgetting one under way would hand whoever
+// filled the table a fresh budget. (Full again, it has sent nothing in the
+// last LOOP_MS either: a reply spends a token, and one comes back in LOOP_MS.)
 const MAX_PEERS = 4096;
 
 // Reports a problem as a warning of a kind (`echo`, `chat`); reads the time,
@@ -558,10 +570,8 @@ export function echo(
     if (refused) return not(refused);
     let peer = peers.get(key);
     if (!peer && peers.size >= MAX_PEERS) { // used longest ago first
-      const [oldest, { budget, sent }] = peers.entries().next().value!;
-      const replying = time - (sent.at(-1)?.at ?? -LOOP_MS) < LOOP_MS;
-      const spent = replying || !take(budget, REPLY_RATE, time, REPLY_RATE[0]);
-      if (spent) return not("busy"); // (a full budget, taken whole, then gone)
+      const [oldest, { budget }] = peers.entries().next().value!;
+      if (!refill(budget, REPLY_RATE, time)) return not("busy");
       peers.delete(oldest);
     }
     peer ??= { budget: { tokens: REPLY_RATE[0], at: time }, sent: [] };
@@ -616,7 +626,8 @@ export class ChatRoom {
 
   /** A chat that reports through `warn`. */
   constructor(warn: Warn, { clock = () => performance.now() }: Clock = {}) {
-    [this.#warn, this.#clock] = [warn, clock];
+    this.#warn = warn;
+    this.#clock = clock;
     this.#joins = { tokens: JOIN_RATE[0], at: clock() };
   }
 
@@ -692,19 +703,34 @@ export class ChatRoom {
 // the run is a stray, not a gap. Lost: the count (or the numbers from the
 // first to the highest) less those that came.
 const WINDOW = 4096; // numbers remembered, to tell a duplicate from a late one
-// Senders followed at once. One is forgotten (its counts kept in the total)
-// only once quiet for QUIET_MS, longer than the client's slowest pace (1 a
-// second): forgetting a run under way would count its loss twice.
+// Senders followed at once. A sender is forgotten (its counts kept in the
+// total) only once quiet for QUIET_MS, longer than the client's slowest pace
+// (1 a second): forgetting a run under way would count its loss twice.
 const MAX_SENDERS = 1024;
 const QUIET_MS = 5_000;
 const TOP_SENDERS = 5; // named in the summary, busiest first
 // `#<n> ` or `#<n>/<count> `: decimal from 1, no leading zero, up to 9 digits.
 const NUMBERED = /^#([1-9]\d{0,8})(?:\/([1-9]\d{0,8}))? /;
+// What the numbers of one sender, or of several, told; and when they came.
+const NO_COUNTS = {
+  senders: 0,
+  received: 0,
+  expected: 0,
+  arrived: 0, // numbers of the run that came, once each as far as known
+  duplicated: 0,
+  outOfOrder: 0,
+  tooLate: 0, // WINDOW or more behind the highest: maybe a duplicate
+  stray: 0,
+  unnumbered: 0,
+  first: Infinity,
+  last: -Infinity,
+};
+type Counts = typeof NO_COUNTS;
 
 /** Counts what each sender's numbers (`#<n>/<count> `, from `client --seq`) tell. */
 export class SequenceStats {
   #senders = new Map<string, Sender>(); // heard longest ago first
-  #forgotten = new Sender(); // the counts of those forgotten
+  #forgotten = { ...NO_COUNTS }; // of the senders forgotten
   #untracked = 0; // datagrams from senders beyond MAX_SENDERS
   #clock: () => number;
 
@@ -720,9 +746,9 @@ export class SequenceStats {
     if (sender) this.#senders.delete(key);
     else if (this.#senders.size >= MAX_SENDERS) {
       const [oldest, quiet] = this.#senders.entries().next().value!;
-      if (time - quiet.last < QUIET_MS) return void this.#untracked++;
+      if (time - quiet.counts.last < QUIET_MS) return void this.#untracked++;
       this.#senders.delete(oldest);
-      this.#forgotten.add(quiet);
+      add(this.#forgotten, quiet.counts);
     }
     sender ??= new Sender(time);
     this.#senders.set(key, sender); // at the end: heard last
@@ -732,18 +758,16 @@ export class SequenceStats {
   /** A line for each of the busiest senders, then one for all; none if nothing came. */
   summary(): string[] {
     const senders = [...this.#senders]
-      .sort(([, a], [, b]) => b.received - a.received);
+      .sort(([, a], [, b]) => b.counts.received - a.counts.received);
+    const total = { ...this.#forgotten };
+    for (const [, { counts }] of senders) add(total, counts);
     const lines = senders.slice(0, TOP_SENDERS)
-      .map(([key, sender]) => `${key}: ${sender.describe()}`);
-    const total = new Sender();
-    for (const sender of [this.#forgotten, ...this.#senders.values()]) {
-      total.add(sender);
-    }
+      .map(([key, { counts }]) => `${key}: ${describe(counts)}`);
     // A sender's loss is its own word (its count), which a forged source can
     // make up about itself: the total sums what came, and no such claims.
     total.expected = 0;
     if (total.senders > 1) {
-      lines.push(`${plural(total.senders, "sender")}: ${total.describe()}`);
+      lines.push(`${plural(total.senders, "sender")}: ${describe(total)}`);
     }
     if (this.#untracked) {
       const untracked = plural(this.#untracked, "datagram");
@@ -753,19 +777,9 @@ export class SequenceStats {
   }
 }
 
-/** One sender's run of numbers, and what came of it; or the sum of several. */
+/** One sender's counts, and its run of numbers. */
 class Sender {
-  senders = 0;
-  received = 0;
-  expected = 0;
-  arrived = 0; // numbers of the run that came, once each as far as known
-  duplicated = 0;
-  outOfOrder = 0;
-  tooLate = 0; // WINDOW or more behind the highest: maybe a duplicate
-  stray = 0;
-  unnumbered = 0;
-  first = Infinity;
-  last = -Infinity;
+  counts: Counts;
   #count = -1; // the run's count: 0 if its numbers have none; -1 before one
   #lowest = 0;
   #highest = 0;
@@ -773,74 +787,69 @@ class Sender {
   // each slot says which number it holds.
   #seen = new Uint32Array(WINDOW);
 
-  constructor(time?: number) {
-    if (time !== undefined) [this.senders, this.first] = [1, time];
+  constructor(time: number) {
+    this.counts = { ...NO_COUNTS, senders: 1, first: time };
   }
 
   /** Counts what the number that `data` starts with tells, if it has one. */
   see(data: Uint8Array, time: number) {
-    this.received++;
-    this.last = time;
+    const counts = this.counts;
+    counts.received++;
+    counts.last = time;
     const match = data[0] === 0x23 // "#": only then the regex
       ? NUMBERED.exec(String.fromCharCode(...data.subarray(0, 21)))
       : null;
-    if (!match) return void this.unnumbered++;
+    if (!match) return void counts.unnumbered++;
     const n = Number(match[1]), count = Number(match[2] ?? 0);
-    if (this.#count < 0) [this.#count, this.#lowest] = [count, count ? 1 : n];
+    if (this.#count < 0) { // the first: it sets the run
+      this.#count = count;
+      this.#lowest = count ? 1 : n;
+    }
     const beyond = count ? n > count : n >= this.#highest + WINDOW;
     const stray = beyond && this.#highest > 0 || n < this.#lowest;
-    if (count !== this.#count || stray) return void this.stray++;
+    if (count !== this.#count || stray) return void counts.stray++;
     if (n > this.#highest) this.#highest = n;
-    else if (n <= this.#highest - WINDOW) this.tooLate++;
-    else if (this.#seen[n % WINDOW] === n) return void this.duplicated++;
-    else this.outOfOrder++;
+    else if (n <= this.#highest - WINDOW) counts.tooLate++;
+    else if (this.#seen[n % WINDOW] === n) return void counts.duplicated++;
+    else counts.outOfOrder++;
     this.#seen[n % WINDOW] = n;
-    this.arrived++;
-    this.expected = count || this.#highest - this.#lowest + 1;
-  }
-
-  /** Adds the counts of `other`, and widens the time to its. */
-  add(other: Sender) {
-    for (const key of COUNTS) this[key] += other[key];
-    this.first = Math.min(this.first, other.first);
-    this.last = Math.max(this.last, other.last);
-  }
-
-  /** `10,000 expected, 3,968 received, 6,032 lost (60.3%), ..., 81,528/s` */
-  describe(): string {
-    const { expected, received, first, last } = this;
-    const lost = Math.max(0, expected - this.arrived);
-    const share = expected ? lost * 100 / expected : 0;
-    const percent = share > 0 && share < 0.1 ? "<0.1" : share.toFixed(1);
-    const parts: [number, string, unknown][] = [
-      [expected, "expected", expected],
-      [received, "received", true],
-      [lost, `lost (${percent}%)`, expected],
-      [this.duplicated, "duplicated", expected],
-      [this.outOfOrder, "out of order", expected],
-      [this.tooLate, "too late", this.tooLate],
-      [this.stray, "stray", this.stray],
-      [this.unnumbered, "unnumbered", this.unnumbered],
-    ];
-    const shown = parts.filter(([, , shown]) => shown)
-      .map(([value, name]) => `${thousands(value)} ${name}`);
-    // A rate needs two readings of the clock, some time apart.
-    const rate = (received - 1) * 1000 / (last - first);
-    if (last > first) shown.push(`${thousands(rate)}/s`);
-    return shown.join(", ");
+    counts.arrived++;
+    counts.expected = count || this.#highest - this.#lowest + 1;
   }
 }
-const COUNTS = [
-  "senders",
-  "received",
-  "expected",
-  "arrived",
-  "duplicated",
-  "outOfOrder",
-  "tooLate",
-  "stray",
-  "unnumbered",
-] as const;
+
+/** Adds `counts` to `total`: the numbers summed, the times widened. */
+function add(total: Counts, counts: Counts) {
+  const { first, last } = total;
+  for (const key in counts) {
+    total[key as keyof Counts] += counts[key as keyof Counts];
+  }
+  total.first = Math.min(first, counts.first);
+  total.last = Math.max(last, counts.last);
+}
+
+/** `10,000 expected, 3,968 received, 6,032 lost (60.3%), ..., 81,528/s` */
+function describe(counts: Counts): string {
+  const { expected, received, arrived, first, last } = counts;
+  const lost = Math.max(0, expected - arrived);
+  const share = expected ? lost * 100 / expected : 0;
+  const percent = share > 0 && share < 0.1 ? "<0.1" : share.toFixed(1);
+  // A rate needs two readings of the clock, some time apart.
+  const rate = last > first &&
+    `${thousands((received - 1) * 1000 / (last - first))}/s`;
+  const parts = [
+    expected && `${thousands(expected)} expected`,
+    `${thousands(received)} received`,
+    expected && `${thousands(lost)} lost (${percent}%)`,
+    expected && `${thousands(counts.duplicated)} duplicated`,
+    expected && `${thousands(counts.outOfOrder)} out of order`,
+    counts.tooLate && `${thousands(counts.tooLate)} too late`,
+    counts.stray && `${thousands(counts.stray)} stray`,
+    counts.unnumbered && `${thousands(counts.unnumbered)} unnumbered`,
+    rate,
+  ];
+  return parts.filter(Boolean).join(", ");
+}
 
 /** `9,620`: rounded, thousands separated, the same on every system. */
 function thousands(value: number): string {
@@ -900,6 +909,7 @@ and up): services that answer every datagram listen below.`;
 // Exit codes: 0 stopped with every line written; 1 a failure, or lines that
 // the output did not take in time; 2 a usage error; 141 the output's reader
 // went away (128 + SIGPIPE, as for `yes | head`).
+const EXIT_USAGE = 2;
 const EXIT_CLOSED = 141;
 // On a stop, the lines still waiting get LINES_MS, the summary SUMMARY_MS:
 // the server ends within 1 s, whatever its outputs do.
@@ -907,6 +917,11 @@ const LINES_MS = 600;
 const SUMMARY_MS = 200;
 
 class UsageError extends Error {}
+
+function parseError(error: unknown): boolean {
+  const code = (error as { code?: string } | null)?.code;
+  return code?.startsWith("ERR_PARSE_ARGS") ?? false;
+}
 
 function parseOptions(args: string[]) {
   if (args[0] === "--") args = args.slice(1); // `deno task server -- ...`
@@ -960,11 +975,9 @@ async function main(args: string[]): Promise<number> {
   try {
     code = await run(args, out, err, controller);
   } catch (error) {
-    const kind = (error as { code?: string } | null)?.code ?? "";
-    const parse = kind.startsWith("ERR_PARSE_ARGS");
-    const usage = parse || error instanceof UsageError;
+    const usage = parseError(error) || error instanceof UsageError;
     err.print(`error: ${reason(error)}${usage ? " (see --help)" : ""}`);
-    code = usage ? 2 : 1;
+    code = usage ? EXIT_USAGE : 1;
   }
   // The last lines (an error, the help) get a moment, never long enough to
   // hang; a server that ran has finished both already.
@@ -991,7 +1004,10 @@ async function run(
     );
   }
   const options = parseOptions(args);
-  if (options.help) return out.print(USAGE), 0;
+  if (options.help) {
+    out.print(USAGE);
+    return 0;
+  }
   // Without --unstable-net it is missing at run time; `deno check` passes.
   if (typeof Deno.listenDatagram !== "function") {
     throw new Error("Deno.listenDatagram is unstable: run with --unstable-net");
@@ -1068,7 +1084,7 @@ function reason(error: unknown): string {
   // Deno 2.0 adds the system's words again, and repeats some messages.
   text = text.replace(/ \(os error \d+\).*$/s, "").replace(/^(.+): \1$/s, "$1");
   // parseArgs explains in several sentences: the first says what is wrong.
-  text = text.split(/(?<=\.)\s/)[0].replace(/\.$/, "");
+  if (parseError(error)) text = text.split(/(?<=\.)\s/)[0].replace(/\.$/, "");
   // Deno says "run again with the --allow-net flag": say which.
   const denied = text.match(/^Requires net access to "(.*):\d+"/)?.[1];
   const flag = `--allow-net=${denied}`; // zsh takes [::1] for a pattern
@@ -1098,10 +1114,16 @@ class Warnings {
     const time = performance.now();
     const last = this.#kinds.get(kind) ?? { at: -Infinity, held: 0 };
     this.#kinds.set(kind, last);
-    if (time - last.at < 1000) return void (last.held++, this.held++);
+    if (time - last.at < 1000) {
+      last.held++;
+      this.held++;
+      return;
+    }
     const more = last.held ? ` (and ${last.held} more like it before)` : "";
     this.#output.print(`warning: ${text}${more}`);
-    [this.held, last.at, last.held] = [this.held - last.held, time, 0];
+    this.held -= last.held;
+    last.held = 0;
+    last.at = time;
   };
 }
 

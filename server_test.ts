@@ -511,9 +511,11 @@ test("Output writes a line within a moment, and one longer than a chunk whole: p
   await collector.waitForLines(1); // not only when more lines come
   const took = performance.now() - started;
   assert.ok(took < 500, `written after ${took} ms`); // 10 ms, or a slow machine
-  for (const text of [long, "after"]) output.print(text);
+  // Line ends beyond a 32 KiB piece, and within one.
+  for (const text of [long, long.slice(0, 50_000), "after"]) output.print(text);
   assert.equal(await finish(output), 0);
-  assert.equal(collector.text, `before\n${long}\nafter\n`);
+  const written = `before\n${long}\n${long.slice(0, 50_000)}\nafter\n`;
+  assert.equal(collector.text, written);
   for (const offered of collector.writes) {
     const ends = offered.includes(0x0a);
     assert.ok(offered.length <= (ends ? 4096 : 32_768), `${offered.length}`);
@@ -536,6 +538,47 @@ test("Output beside another on one file (stderr beside stdout, as 2>&1 makes the
     "Message from 127.0.0.1:40000: after",
     "warning: not replying to 127.0.0.1:1000",
   ]);
+});
+
+test("Output beside another begins no long line while the other's write is under way", async () => {
+  const [outFile, errFile, release] = [
+    new Collector(),
+    new Collector(),
+    Promise.withResolvers<void>(),
+  ];
+  errFile.held = release.promise;
+  const out = new Output(outFile), err = new Output(errFile, { beside: out });
+  err.print("warning: held");
+  while (errFile.writes.length === 0) await within("a write", nextTurn());
+  const long = "a".repeat(70_000);
+  out.print(long);
+  out.print("short");
+  for (let i = 0; i < 5; i++) await nextTurn();
+  assert.equal(outFile.writes.length, 0, "begun while stderr was writing");
+  release.resolve();
+  assert.deepEqual(await Promise.all([finish(out), finish(err)]), [0, 0]);
+  assert.deepEqual([outFile.text, errFile.text], [
+    `${long}\nshort\n`,
+    "warning: held\n",
+  ]);
+});
+
+test("Output beside one stopped mid-line writes on: a write that lands after finish() is no turn", async () => {
+  const [outFile, errFile, release] = [
+    new Collector(),
+    new Collector(),
+    Promise.withResolvers<void>(),
+  ];
+  outFile.held = release.promise;
+  const out = new Output(outFile), err = new Output(errFile, { beside: out });
+  out.print("a".repeat(100_000));
+  while (outFile.writes.length === 0) await within("a write", nextTurn());
+  assert.equal(await out.finish(performance.now()), 1);
+  release.resolve();
+  await nextTurn(); // the piece under way lands
+  err.print("Received 1 datagram, 100,000 bytes");
+  assert.equal(await finish(err), 0);
+  assert.equal(errFile.text, "Received 1 datagram, 100,000 bytes\n");
 });
 
 test("Output beside a stalled one still writes its whole lines: a stderr nobody reads holds up no stdout", async () => {
@@ -916,11 +959,13 @@ test("echo() answers an address 100 datagrams at once, then 100 a second, a game
   assert.equal(await burst(a, 5), 1, "1 in 10 ms");
   const why = "echo: not replying to 127.0.0.1:40000: over 100 a second";
   assert.deepEqual(list, Array(54).fill(why));
-  for (let i = 0; i < 5000; i++) { // others: A's budget is not forgotten
+  clock.now = 100; // B's budget full again, A's not (9 of 100)
+  for (let i = 0; i < 5000; i++) { // others: B forgotten, A's budget never
     await burst(udp(`10.0.${i >> 8}.${i & 255}`, 40000), 1);
   }
-  assert.equal(await burst(a, 100), 0, "budget forgotten");
-  clock.now = 1010;
+  assert.equal(await burst(a, 100), 9, "budget forgotten");
+  assert.equal(await burst(b, 20), 0, "B, forgotten, waits as a newcomer");
+  clock.now = 1100;
   assert.equal(await burst(a, 150), 100, "100 a second later");
   const before = conn.sent.length;
   for (let i = 0; i < 600; i++) { // a game: the same state 60 times a second
