@@ -37,7 +37,8 @@ export async function send(
       // 2. Send. UDP has no connection: every datagram names where it goes.
       const datagram = seq ? numbered(message, n, count) : message;
       await conn.send(datagram, server);
-      [result.sent, result.bytes] = [n, result.bytes + datagram.length];
+      result.sent = n;
+      result.bytes += datagram.length;
       onSent?.(n);
     }
     result.seconds = (performance.now() - start) / 1000;
@@ -48,8 +49,10 @@ export async function send(
   }
 }
 
+// ---------------------------------------------------------------------------
 // Beyond the tutorial: what a client needs on a real network, each part behind
-// the problem it solves, and the command line last. --------------------------
+// the problem it solves; the command line last.
+// ---------------------------------------------------------------------------
 
 /** The tutorial's server address. */
 export const DEFAULT_HOSTNAME = "127.0.0.1";
@@ -58,25 +61,36 @@ export const DEFAULT_PORT = 6789;
 
 /** How `send()` sends: to `hostname` and `port` (default: the tutorial's). */
 export interface SendOptions {
-  /** The server's address or host name. */ hostname?: string;
-  /** Its port. */ port?: number;
-  /** Send the message this many times (default: 1). */ count?: number;
-  /** Datagrams a second (default: as fast as it can). */ rate?: number;
-  /** Start each datagram with `#n/count `: `#1/10 `, ... */ seq?: boolean;
-  /** Then wait for the server's reply. */ wait?: boolean;
-  /** How long to wait, in milliseconds (default: 2000). */ timeout?: number;
+  /** The server's address or host name. */
+  hostname?: string;
+  /** Its port. */
+  port?: number;
+  /** Send the message this many times (default: 1). */
+  count?: number;
+  /** Datagrams a second (default: as fast as it can). */
+  rate?: number;
+  /** Start each datagram with `#n/count `: `#1/10 `, ... */
+  seq?: boolean;
+  /** Then wait for the server's reply. */
+  wait?: boolean;
+  /** How long to wait, in milliseconds (default: 2000). */
+  timeout?: number;
   /** Called after each datagram, with how many are sent. */
   onSent?: (sent: number) => void;
 }
 
 /** What `send()` did. */
 export interface SendResult {
-  /** How many datagrams it sent. */ sent: number;
-  /** How many bytes, in all. */ bytes: number;
-  /** How long the sending took. */ seconds: number;
+  /** How many datagrams it sent. */
+  sent: number;
+  /** How many bytes, in all. */
+  bytes: number;
+  /** How long the sending took. */
+  seconds: number;
   /** With `wait`: the server's reply, and who sent it. */
   reply?: [Uint8Array, Deno.NetAddr];
-  /** How many datagrams from others it ignored. */ ignored: number;
+  /** How many datagrams from others it ignored. */
+  ignored: number;
 }
 
 // Whom to trust: anyone can send to the client's port, claiming to be anyone,
@@ -138,12 +152,33 @@ function localAddress(address: string): string {
 
 /** The datagrams from the server, until `conn` closes; counts the others. */
 async function* fromServer(conn: Conn, server: Peer, counts: Counts) {
-  for await (const [data, from] of conn) {
-    const { hostname, port } = from as Deno.NetAddr;
-    const same = canonical(hostname) === server.address && port === server.port;
-    if (same) yield [data, from as Deno.NetAddr] as const;
-    else counts.ignored++;
+  const where = formatAddress(server);
+  for (let resets = 0;;) {
+    let received;
+    try {
+      received = await conn.receive();
+      resets = 0;
+    } catch (error) {
+      if (isClosed(error)) return;
+      // Windows reports the ICMP "port unreachable" that answered a datagram
+      // as a failed receive (others say nothing): go on, for a while.
+      if (!(error instanceof Deno.errors.ConnectionReset)) throw error;
+      const nobody = "nothing is listening";
+      if (++resets > 10) throw new Failure(`no reply from ${where}: ${nobody}`);
+      await writeLine("stderr", `warning: ${nobody} at ${where}`);
+      continue;
+    }
+    const [data, from] = received as [Uint8Array, Deno.NetAddr];
+    const { hostname, port } = from;
+    if (canonical(hostname) === server.address && port === server.port) {
+      yield [data, from] as const;
+    } else counts.ignored++;
   }
+}
+
+function isClosed(error: unknown): boolean {
+  return error instanceof Deno.errors.BadResource ||
+    error instanceof Deno.errors.Interrupted;
 }
 
 // UDP never says that a datagram was lost: the client waits only so long.
@@ -154,12 +189,14 @@ async function waitForReply(
   timeout = 2000,
 ) {
   const timer = later(() => closeQuietly(conn), timeout);
-  for await (const reply of fromServer(conn, server, result)) {
-    result.reply = [...reply];
-    break;
+  try {
+    for await (const reply of fromServer(conn, server, result)) {
+      result.reply = [...reply];
+      return;
+    }
+  } finally {
+    clearTimeout(timer);
   }
-  clearTimeout(timer);
-  if (result.reply) return;
   const where = formatAddress(server), n = plural(result.ignored, "datagram");
   const only = `within ${timeout} ms (only server --echo replies)`;
   const ignored = result.ignored ? `; ignored ${n} not from ${where}` : "";
@@ -238,7 +275,10 @@ export async function interactive(
   // stranger cannot keep the client going.
   const printing = (async () => {
     for await (const [data, from] of fromServer(conn, server, result)) {
-      if (ended) (clearTimeout(quiet), quiet = later(stop, linger));
+      if (ended) { // the quiet time starts again
+        clearTimeout(quiet);
+        quiet = later(stop, linger);
+      }
       await print(formatMessage(data, from, options.hex));
     }
   })();
@@ -261,7 +301,10 @@ export async function interactive(
     cutOff = later(stop, 5 * linger); // however long the server talks on
   } finally {
     if (!ended) stop();
-    await printing.finally(() => (clearTimeout(quiet), clearTimeout(cutOff)));
+    await printing.finally(() => {
+      clearTimeout(quiet);
+      clearTimeout(cutOff);
+    });
   }
   return result;
 }
@@ -274,21 +317,26 @@ export async function interactive(
 export async function* readLines(
   reader: ReadableStreamDefaultReader<Uint8Array>,
 ): AsyncGenerator<Uint8Array | number> {
-  let kept: number[] = [], length = 0; // the line so far; its bytes that fit
-  // The line less a last "\r", or its length if too long.
-  const line = () => {
-    if (kept.length === length && kept.at(-1) === 0x0d) (kept.pop(), length--);
-    const done = length > MAX_DATAGRAM ? length : new Uint8Array(kept);
-    [kept, length] = [[], 0];
-    return done;
-  };
+  let parts: Uint8Array[] = [], length = 0; // the line so far, while it fits
   for (let read; !(read = await reader.read()).done;) {
-    for (const byte of read.value) {
-      if (byte === 0x0a) yield line();
-      else if (length++ <= MAX_DATAGRAM) kept.push(byte); // one more: "\r"
+    let chunk = read.value;
+    for (let end; (end = chunk.indexOf(0x0a)) !== -1;) {
+      yield joinLine([...parts, chunk.subarray(0, end)], length + end);
+      [parts, length, chunk] = [[], 0, chunk.subarray(end + 1)];
     }
+    if (length + chunk.length <= MAX_DATAGRAM + 1) parts.push(chunk);
+    length += chunk.length;
   }
-  if (length > 0) yield line();
+  if (length > 0) yield joinLine(parts, length);
+}
+
+// The line of `length` bytes in `parts` less a last "\r", or its length.
+function joinLine(parts: Uint8Array[], length: number): Uint8Array | number {
+  if (length > MAX_DATAGRAM + 1) return length; // one more for a "\r"
+  const line = new Uint8Array(length);
+  parts.reduce((at, part) => (line.set(part, at), at + part.length), 0);
+  const end = line[length - 1] === 0x0d ? length - 1 : length;
+  return end > MAX_DATAGRAM ? end : line.subarray(0, end);
 }
 
 // Printing: what arrives is a stranger's bytes, escaped as the server escapes
@@ -498,6 +546,10 @@ function reason(error: unknown): string {
 
 // The command line. Exit codes: 0 sent, 1 failed, 2 usage error, 130 Ctrl+C
 // in -i, 141 the output's reader went away (128 + SIGPIPE, as `yes | head`).
+const EXIT_USAGE = 2;
+const EXIT_INTERRUPTED = 130;
+const EXIT_CLOSED = 141;
+
 class Failure extends Error {
   constructor(message: string, readonly code = 1) {
     super(message);
@@ -527,21 +579,29 @@ Options:
 
 Only the server's datagrams are printed: others are counted, and ignored.`;
 
-// The help is the table of options: parseArgs's, and which take a value.
-const TABLE = [...USAGE.matchAll(/^ {2}-(\w), --(\w+)( <)?/gm)];
-const OPTIONS = Object.fromEntries(TABLE.map(([, short, name, value]) => {
-  return [name, { short, type: value ? "string" : "boolean" } as const];
-}));
-const VALUED = TABLE.flatMap(([, s, name, value]) => {
-  return value ? [`-${s}`, `--${name}`] : [];
-});
-// Each number's default and greatest value (the least is 1); --count: --seq's
+const OPTIONS = {
+  hostname: { type: "string", short: "H" },
+  port: { type: "string", short: "p" },
+  count: { type: "string", short: "c" },
+  rate: { type: "string", short: "r" },
+  seq: { type: "boolean", short: "s" },
+  wait: { type: "boolean", short: "w" },
+  timeout: { type: "string", short: "t" },
+  interactive: { type: "boolean", short: "i" },
+  hex: { type: "boolean", short: "x" },
+  help: { type: "boolean", short: "h" },
+} as const;
+// The options that take a value, as typed: `--count` and `-c`.
+const VALUED = Object.entries(OPTIONS).flatMap(([name, { type, short }]) =>
+  type === "string" ? [`--${name}`, `-${short}`] : []
+);
+// The greatest value of each number (the least is 1); --count: --seq's
 // numbers have 9 digits at most (server.ts reads no more).
-const NUMBERS = {
-  count: [1, 999_999_999],
-  port: [DEFAULT_PORT, 65_535],
-  rate: [0, 1e6], // 0: as fast as it can
-  timeout: [2000, 2 ** 31 - 1],
+const MAX = {
+  port: 65_535,
+  count: 999_999_999,
+  rate: 1e6,
+  timeout: 2 ** 31 - 1,
 };
 
 type Options = ReturnType<typeof parseOptions>;
@@ -560,54 +620,70 @@ function parseOptions(args: string[]) {
   } catch (error) {
     const [first] = reason(error).split(/\.(?:\s|$)/); // parseArgs says more
     const dash = ": to send words that start with -, put -- before them";
-    throw new Failure(first + (/^unknown/.test(first) ? dash : ""), 2);
+    const unknown = /^unknown/.test(first);
+    throw new Failure(first + (unknown ? dash : ""), EXIT_USAGE);
   }
-  const { positionals } = parsed;
-  const values = parsed.values as Record<string, string | undefined>;
-  const flags = parsed.values as Record<string, boolean | undefined>;
-  const { seq, wait, hex, help, interactive } = flags;
+  const { values, positionals } = parsed;
   if (positionals[0] === "--") positionals.shift(); // deno task client -- -- -v
-  const [count, port, rate, timeout] = Object.entries(NUMBERS).map(
-    ([name, [fallback, max]]) => {
-      const text = values[name];
-      if (text === undefined) return fallback;
-      if (/^\d+$/.test(text) && +text >= 1 && +text <= max) return +text;
-      const must = `--${name} must be an integer from 1 to ${max}`;
-      throw new Failure(`${must}, not "${text}"`, 2);
-    },
-  );
+  const count = integer("count", values.count ?? "1");
   const words = positionals.length ? positionals.join(" ") : "Hello, Server";
   const message = encoder.encode(words);
   // The largest number makes the longest datagram.
-  const mark = seq ? `#${count}/${count} `.length : 0;
+  const mark = values.seq ? `#${count}/${count} `.length : 0;
   const what = mark ? "message with its number" : "message";
   const error = tooLong(what, message.length + mark);
   if (error) throw error;
-  const extras = [positionals.length, wait, seq, values.count, values.rate];
-  if (interactive && extras.some(Boolean)) {
+  const { interactive, wait, rate, seq } = values;
+  if (
+    interactive && (positionals.length || wait || values.count || rate || seq)
+  ) {
     const text = "--interactive sends the lines of its input: give it no " +
       "message, --count, --rate, --seq or --wait";
-    throw new Failure(text, 2);
+    throw new Failure(text, EXIT_USAGE);
   }
-  // A port in --hostname is a usage error that says what to type instead.
   const typed = values.hostname ?? DEFAULT_HOSTNAME;
-  const typo = /^\[(.*)\]:(\d+)$|^([^:]*):(\d+)$/.exec(typed);
-  if (typo) {
-    const [host, port] = [typo[1] ?? typo[3], typo[2] ?? typo[4]];
-    const use = host ? `--hostname ${host} --port ${port}` : `--port ${port}`;
-    throw new Failure(`--hostname takes no port: use ${use}`, 2);
+  const hostname = parseHost(typed);
+  const port = integer("port", values.port ?? `${DEFAULT_PORT}`);
+  return {
+    ...values,
+    typed,
+    hostname,
+    port,
+    count,
+    message,
+    rate: rate === undefined ? undefined : integer("rate", rate),
+    timeout: integer("timeout", values.timeout ?? "2000"),
+    where: formatAddress({ transport: "udp", hostname, port }),
+  };
+}
+
+function integer(name: keyof typeof MAX, text: string): number {
+  if (/^\d+$/.test(text) && +text >= 1 && +text <= MAX[name]) return +text;
+  const range = `an integer from 1 to ${MAX[name]}`;
+  throw new Failure(`--${name} must be ${range}, not "${text}"`, EXIT_USAGE);
+}
+
+// `--hostname` as Deno's permissions name it: lower case, IPv6 short and
+// unbracketed. A port in it is a usage error that says what to type instead.
+function parseHost(typed: string): string {
+  const [, name, port] = typed.match(/^\[(.*)\]:(\d+)$/) ??
+    typed.match(/^(.*):(\d+)$/) ?? [];
+  // "::1:6789" is an IPv6 address too: it is taken for a host and a port
+  // only if the part before the last colon is allowed and the whole is not.
+  const v6 = name?.includes(":") && !typed.startsWith("[");
+  const allowed = (host: string) => permission(host) === "granted";
+  if (name !== undefined && (!v6 || allowed(name) && !allowed(typed))) {
+    const use = name ? `--hostname ${name} --port ${port}` : `--port ${port}`;
+    throw new Failure(`--hostname takes no port: use ${use}`, EXIT_USAGE);
   }
-  // As Deno's permissions name it: lower case, IPv6 short and unbracketed.
-  // Deno's check is stricter than the URL parser's ("a..b"); a label cannot
-  // start or end with a dash ("-bad").
-  const hostname = canonical(typed);
-  if (permission(hostname) === "invalid" || /(^|\.)-|-($|\.)/.test(hostname)) {
-    const must = "--hostname must be a host name or an IP address";
-    throw new Failure(`${must}, not "${typed}"`, 2);
+  // Deno's check is stricter than the URL parser's ("a..b"), and a label
+  // cannot start or end with a dash ("-bad").
+  const host = canonical(typed);
+  if (permission(host) === "invalid" || /(^|\.)-|-($|\.)/.test(host)) {
+    const text = "--hostname must be a host name or an IP address";
+    throw new Failure(`${text}, not "${typed}"`, EXIT_USAGE);
   }
-  const where = formatAddress({ transport: "udp", hostname, port });
-  const modes = { seq, wait, hex, help, interactive };
-  return { ...modes, hostname, port, count, rate, timeout, message, where };
+  return host;
 }
 
 async function runSend(options: Options) {
@@ -628,9 +704,12 @@ async function runSend(options: Options) {
     shown = performance.now();
     Deno.stderr.writeSync(encoder.encode(`\rSent ${sent} of ${count}`));
   };
-  const result = await send(options.message, { ...options, onSent }).finally(
-    () => tty && Deno.stderr.writeSync(encoder.encode("\r\x1b[K")), // gone
-  );
+  let result;
+  try {
+    result = await send(options.message, { ...options, onSent });
+  } finally {
+    if (tty) Deno.stderr.writeSync(encoder.encode("\r\x1b[K")); // gone
+  }
   const { sent, bytes, seconds, reply } = result;
   if (count > 1 || options.rate) {
     const time = seconds.toFixed(seconds < 1 ? 3 : 1);
@@ -655,8 +734,8 @@ async function runInteractive(options: Options) {
   }
   // At a terminal, a datagram must not split the line being typed: readline
   // prints it above, then draws the prompt and the typed text again below.
-  const [input, output] = [process.stdin, process.stdout];
-  const rl = createInterface({ input, output, prompt: "> " });
+  const output = process.stdout;
+  const rl = createInterface({ input: process.stdin, output, prompt: "> " });
   // Each prompt at once, before the keys typed after Enter: drawn later, it
   // would put the cursor back to the start of the line, before them.
   rl.on("line", () => rl.prompt());
@@ -666,7 +745,10 @@ async function runInteractive(options: Options) {
     rl.prompt(true); // the cursor where it was
   };
   let code = 0;
-  rl.on("SIGINT", () => (code = 130, rl.close()));
+  rl.on("SIGINT", () => {
+    code = EXIT_INTERRUPTED;
+    rl.close();
+  });
   try {
     return { ...await interactive(rl, { hostname, port, hex, print }), code };
   } finally {
@@ -683,7 +765,10 @@ async function main(args: string[]): Promise<number> {
     const old = `this needs Deno 2.0 or newer, not ${deno}: ${upgrade}`;
     if (parseInt(deno) < 2) throw new Failure(old);
     options = parseOptions(args);
-    if (options.help) return (await writeLine("stdout", USAGE), 0);
+    if (options.help) {
+      await writeLine("stdout", USAGE);
+      return 0;
+    }
     // Without --unstable-net it is missing at run time; `deno check` passes.
     const unstable = "Deno.listenDatagram is unstable: run with --unstable-net";
     if (typeof Deno.listenDatagram !== "function") throw new Failure(unstable);
@@ -693,19 +778,34 @@ async function main(args: string[]): Promise<number> {
     if (ignored) await writeLine("stderr", `Ignored ${not}`);
     return code;
   } catch (error) {
-    if (error instanceof Deno.errors.BrokenPipe) return 141;
-    // What Deno or the network refused, in Deno's words: one line.
-    const where = options ? `cannot send to ${options.where}: ` : "";
-    const failure = error instanceof Failure
-      ? error
-      : new Failure(where + reason(error));
-    const help = failure.code === 2 ? " (see --help)" : "";
+    if (error instanceof Deno.errors.BrokenPipe) return EXIT_CLOSED;
+    const failure = explain(error, options);
+    const help = failure.code === EXIT_USAGE ? " (see --help)" : "";
     const line = `error: ${escaped(encoder.encode(failure.message))}${help}`;
-    return await writeLine("stderr", line).then(
-      () => failure.code,
-      (error) => error instanceof Deno.errors.BrokenPipe ? 141 : 1,
-    );
+    try {
+      await writeLine("stderr", line);
+      return failure.code;
+    } catch (error) {
+      return error instanceof Deno.errors.BrokenPipe ? EXIT_CLOSED : 1;
+    }
   }
+}
+
+// What failed, as one line that says what to do.
+function explain(error: unknown, options?: Options): Failure {
+  if (error instanceof Failure) return error;
+  if (!options) return new Failure(reason(error));
+  if (!(error instanceof Deno.errors.NotCapable)) {
+    return new Failure(`cannot send to ${options.where}: ${reason(error)}`);
+  }
+  // The flag that allows the server's host, and the address to send from if
+  // that was denied too; quoted for zsh, which takes `[::1]` for a pattern.
+  const denied = error.message.match(/access to "(.*):\d+"/)?.[1] ?? "";
+  const hosts = new Set([bracketed(options.hostname), denied].filter(Boolean));
+  const flag = `--allow-net=${[...hosts].join(",")}`;
+  const quoted = flag.includes("[") ? `'${flag}'` : flag;
+  const todo = `run client.ts with ${quoted}`;
+  return new Failure(`not allowed to send to ${options.typed}: ${todo}`);
 }
 
 if (import.meta.main) Deno.exit(await main(Deno.args));
