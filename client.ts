@@ -282,13 +282,25 @@ export async function interactive(
       await print(formatMessage(data, from, options.hex));
     }
   })();
-  // If printing fails (its reader went away), no more lines are read.
-  const failed = printing.then(() => new Promise<never>(() => {}));
-  failed.catch(() => {}); // raced below, and so rethrown there
+  // If printing fails (its reader went away), no more lines are read, and
+  // the read under way is given up. Each read races a promise of its own: a
+  // promise that never settles would keep the handlers of every race.
+  let failure: { error: unknown } | undefined, giveUp = () => {};
+  printing.catch((error) => {
+    failure = { error };
+    giveUp();
+  });
   const iterator = lines[Symbol.asyncIterator]();
   try {
     for (let n = 1;; n++) {
-      const { done, value } = await Promise.race([iterator.next(), failed]);
+      if (failure) throw failure.error;
+      const next = iterator.next();
+      next.catch(() => {}); // if it fails after printing did, nobody waits
+      const failed = new Promise<never>((_, reject) => {
+        giveUp = () => reject(failure!.error);
+      });
+      const { done, value } = await Promise.race([next, failed]);
+      giveUp = () => {};
       if (done) break;
       const line = typeof value === "string" ? encoder.encode(value) : value;
       const size = typeof line === "number" ? line : line.length;
@@ -359,9 +371,19 @@ function escaped(data: Uint8Array, columns = Infinity, hex = false): string {
   return new TextDecoder().decode(out.subarray(0, end));
 }
 
+// One line at a time, stdout's and stderr's alike: with `2>&1` they are one
+// file, where a line written between two pieces of another would split it.
+let lastLine: Promise<void> = Promise.resolve();
+
+function writeLine(name: "stdout" | "stderr", text: string): Promise<void> {
+  const line = lastLine.catch(() => {}).then(() => writeAll(name, text));
+  lastLine = line;
+  return line;
+}
+
 // Writes `text` and a line end in pieces of 4096 bytes, which a pipe takes
 // whole or not at all: so a full non-blocking one can be tried again.
-async function writeLine(name: "stdout" | "stderr", text: string) {
+async function writeAll(name: "stdout" | "stderr", text: string) {
   for (let bytes = encoder.encode(`${text}\n`); bytes.length;) {
     try {
       bytes = bytes.subarray(await Deno[name].write(bytes.subarray(0, 4096)));

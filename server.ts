@@ -133,6 +133,8 @@ export class Output {
   #loop: Promise<void> | undefined; // the writing, while under way
   #busy = false; // a write under way
   #midLine = false; // a line begun and not ended
+  #waiting = false; // for the other's line to end: our turn is next
+  #cut = false; // stopped in a line: its end never comes
   #changed = Promise.withResolvers<void>(); // after each write, and at a stop
   #stop = new AbortController();
 
@@ -196,7 +198,8 @@ export class Output {
     const late = delay(until - performance.now(), this.#stop.signal);
     await Promise.race([this.#loop, late]);
     this.#stop.abort(); // ends the delay, a retry's, and all writing
-    this.#midLine = false; // the rest of a line begun is not written
+    this.#cut = this.#midLine; // the rest of a line begun is not written
+    this.#midLine = false;
     this.#changed.resolve();
     // A write under way may land still: none is undone.
     return countLines(this.#writing.subarray(this.#start, this.#end)) +
@@ -215,16 +218,24 @@ export class Output {
         this.#start = this.#added = 0;
       }
       const piece = nextPiece(this.#writing, this.#start, this.#end);
-      // Turns with `beside` (see the constructor): never inside its line, and
-      // no line of our own begun while its write is under way.
+      // Turns with `beside` (see the constructor): never inside its line; and
+      // no long line of ours begun while it writes, or waits for its turn.
       const ends = piece[piece.length - 1] === 0x0a, other = this.#beside;
-      if (other && (other.#midLine || (!ends && other.#busy))) {
+      const begins = !ends && !this.#midLine;
+      const busy = other && (other.#busy || other.#waiting);
+      if (other && (other.#midLine || (begins && busy))) {
+        this.#waiting = other.#midLine;
         await other.#changed.promise;
+        this.#waiting = false;
         continue;
       }
       this.#busy = true;
       if (!ends) this.#midLine = true; // until a write ends the line
       try {
+        if (other && other.#cut) { // end the line it left open
+          other.#cut = false;
+          await this.#writer.write(encoder.encode("\n"));
+        }
         const written = await this.#writer.write(piece);
         // (After a stop, the rest of the line is not written: it is no turn.)
         const stopped = this.#stop.signal.aborted;

@@ -563,7 +563,7 @@ test("Output beside another begins no long line while the other's write is under
   ]);
 });
 
-test("Output beside one stopped mid-line writes on: a write that lands after finish() is no turn", async () => {
+test("Output beside one stopped mid-line writes on, after ending that line: a write that lands after finish() is no turn", async () => {
   const [outFile, errFile, release] = [
     new Collector(),
     new Collector(),
@@ -578,7 +578,40 @@ test("Output beside one stopped mid-line writes on: a write that lands after fin
   await nextTurn(); // the piece under way lands
   err.print("Received 1 datagram, 100,000 bytes");
   assert.equal(await finish(err), 0);
-  assert.equal(errFile.text, "Received 1 datagram, 100,000 bytes\n");
+  assert.equal(errFile.text, "\nReceived 1 datagram, 100,000 bytes\n");
+});
+
+test("Output beside another takes its turn between two long lines of the other: a stdout far behind holds up no warning", async () => {
+  let [offered, step, free, atWarning] = [0, () => {}, false, -1];
+  const out = new Output({
+    write: (data) =>
+      new Promise((resolve) => {
+        offered += data.length;
+        step = () => resolve(data.length);
+        if (free) step();
+      }),
+  });
+  const errFile = new Collector();
+  const err = new Output({
+    write: (data) => {
+      if (atWarning < 0) atWarning = offered;
+      return errFile.write(data);
+    },
+  }, { beside: out });
+  const [long, warning] = ["a".repeat(70_000), `warning: ${"b".repeat(5000)}`];
+  out.print(long);
+  out.print(long);
+  while (offered === 0) await within("a write", nextTurn());
+  err.print(warning);
+  for (let i = 0; i < 100 && atWarning < 0; i++) {
+    step();
+    await within("a write", nextTurn());
+  }
+  assert.equal(atWarning, 70_001, "not at the end of the first long line");
+  free = true;
+  step();
+  assert.deepEqual(await Promise.all([finish(out), finish(err)]), [0, 0]);
+  assert.equal(errFile.text, `${warning}\n`);
 });
 
 test("Output beside a stalled one still writes its whole lines: a stderr nobody reads holds up no stdout", async () => {
