@@ -993,12 +993,14 @@ async function main(args: string[]): Promise<number> {
   // The last lines (an error, the help) get a moment, never long enough to
   // hang; a server that ran has finished both already.
   await out.finish(performance.now() + SUMMARY_MS);
-  if (out.error && code === 0) {
+  // A reader that went away (`--help | head -1`) needs no word, as for `yes`.
+  const closed = out.error instanceof Deno.errors.BrokenPipe;
+  if (out.error && !closed && code === 0) {
     err.print(`error: cannot write the output: ${reason(out.error)}`);
   }
   await err.finish(performance.now() + SUMMARY_MS);
   if (!out.error || code !== 0) return code;
-  return out.error instanceof Deno.errors.BrokenPipe ? EXIT_CLOSED : 1;
+  return closed ? EXIT_CLOSED : 1;
 }
 
 async function run(
