@@ -207,16 +207,17 @@ async function waitForReply(
 // the start, on performance.now(), which never steps: a late wake-up is made
 // up, and the rate never drifts. A timer may fire early: then it looks again.
 async function sleepUntil(time: number) {
-  while (performance.now() < time) await delay(time - performance.now());
+  for (let left; (left = time - performance.now()) > 0;) await delay(left);
 }
 
 function delay(ms: number): Promise<void> {
   return new Promise((resolve) => later(resolve, ms));
 }
 
-// setTimeout() takes 2^31-1 ms at most: past that, it fires at once.
+// setTimeout() takes 0 to 2^31-1 ms: past that, it fires at once, and Deno
+// warns below 0.
 function later(callback: () => void, ms: number) {
-  return setTimeout(callback, Math.min(ms, 2 ** 31 - 1));
+  return setTimeout(callback, Math.min(Math.max(0, ms), 2 ** 31 - 1));
 }
 type Timer = ReturnType<typeof later>;
 
@@ -724,7 +725,10 @@ async function runSend(options: Options) {
   const onSent = (sent: number) => {
     if (!tty || performance.now() - shown < 250) return;
     shown = performance.now();
-    Deno.stderr.writeSync(encoder.encode(`\rSent ${sent} of ${count}`));
+    const of = `${plural(sent, "datagram")} of ${
+      count.toLocaleString("en-US")
+    }`;
+    Deno.stderr.writeSync(encoder.encode(`\rSent ${of}`));
   };
   let result;
   try {
