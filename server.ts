@@ -132,9 +132,8 @@ export class Output {
   #end = 0;
   #loop: Promise<void> | undefined; // the writing, while under way
   #busy = false; // a write under way
-  #midLine = false; // a line begun and not ended
+  #midLine = false; // a line begun and not ended (after a stop: never ends)
   #waiting = false; // for the other's line to end: our turn is next
-  #cut = false; // stopped in a line: its end never comes
   #changed = Promise.withResolvers<void>(); // after each write, and at a stop
   #stop = new AbortController();
 
@@ -198,8 +197,6 @@ export class Output {
     const late = delay(until - performance.now(), this.#stop.signal);
     await Promise.race([this.#loop, late]);
     this.#stop.abort(); // ends the delay, a retry's, and all writing
-    this.#cut = this.#midLine; // the rest of a line begun is not written
-    this.#midLine = false;
     this.#changed.resolve();
     // A write under way may land still: none is undone.
     return countLines(this.#writing.subarray(this.#start, this.#end)) +
@@ -223,8 +220,9 @@ export class Output {
       const ends = piece[piece.length - 1] === 0x0a, other = this.#beside;
       const begins = !ends && !this.#midLine;
       const busy = other && (other.#busy || other.#waiting);
-      if (other && (other.#midLine || (begins && busy))) {
-        this.#waiting = other.#midLine;
+      const open = other && other.#midLine && !other.#stop.signal.aborted;
+      if (other && (open || (begins && busy))) {
+        this.#waiting = Boolean(open);
         await other.#changed.promise;
         this.#waiting = false;
         continue;
@@ -232,12 +230,12 @@ export class Output {
       this.#busy = true;
       if (!ends) this.#midLine = true; // until a write ends the line
       try {
-        if (other && other.#cut) { // end the line it left open
-          other.#cut = false;
+        if (other && other.#midLine) { // it stopped in a line: end that line
+          other.#midLine = false;
           await this.#writer.write(encoder.encode("\n"));
         }
         const written = await this.#writer.write(piece);
-        // (After a stop, the rest of the line is not written: it is no turn.)
+        // After a stop, a line begun stays open: its rest is not written.
         const stopped = this.#stop.signal.aborted;
         if (written > 0 && !stopped) {
           this.#midLine = piece[written - 1] !== 0x0a;
