@@ -544,6 +544,13 @@ function take(bucket: Bucket, rate: Rate, now: number): boolean {
   return true;
 }
 
+// The tables keyed by address keep their keys in the order of use (a Map's
+// order is the order set): the first is the one used longest ago.
+function setLast<T>(table: Map<string, T>, key: string, value: T) {
+  table.delete(key);
+  table.set(key, value);
+}
+
 // Echo: each datagram goes back to its sender, byte for byte, as a game
 // server's reply would: at most REPLY_RATE a second to an address. A loop
 // with another echo server sends the same bytes back within a round trip,
@@ -573,19 +580,19 @@ export function echo(
   type Reply = { hash: number; at: number; back: number };
   const peers = new Map<string, { budget: Bucket; sent: Reply[] }>();
   return async (data, from, conn) => {
-    const time = clock(), key = formatAddress(from), h = hash(data);
+    const time = clock(), key = formatAddress(from);
     const not = (why: string) => warn("echo", `not replying to ${key}: ${why}`);
     const refused = refusal(conn.addr as Deno.NetAddr, from);
     if (refused) return not(refused);
     let peer = peers.get(key);
-    if (!peer && peers.size >= MAX_PEERS) { // used longest ago first
+    if (!peer && peers.size >= MAX_PEERS) {
       const [oldest, { budget }] = peers.entries().next().value!;
       if (!refill(budget, REPLY_RATE, time)) return not("busy");
       peers.delete(oldest);
     }
     peer ??= { budget: { tokens: REPLY_RATE[0], at: time }, sent: [] };
-    peers.delete(key);
-    peers.set(key, peer); // at the end: used last
+    setLast(peers, key, peer);
+    const h = hash(data);
     peer.sent = peer.sent.filter((reply) => time - reply.at < LOOP_MS);
     const back = 1 + (peer.sent.findLast((s) => s.hash === h)?.back ?? -1);
     if (back >= LOOP_LIMIT) return not(`an echo loop (back ${back} times)`);
@@ -688,8 +695,7 @@ export class ChatRoom {
       this.#members.delete(other); // silent too long
     }
     let member = this.#members.get(key);
-    if (member) this.#members.delete(key);
-    else {
+    if (!member) {
       const [oldest, silent] = this.#members.entries().next().value ?? [];
       const full = this.#members.size >= CHAT_MAX_MEMBERS;
       if (full && time - silent!.heard < CHAT_KEEP_MS) return;
@@ -698,7 +704,7 @@ export class ChatRoom {
       member = { addr, heard: time, relays: { tokens: 1, at: time } };
     }
     member.heard = time;
-    this.#members.set(key, member); // at the end: heard last
+    setLast(this.#members, key, member);
     return member;
   }
 }
@@ -706,11 +712,11 @@ export class ChatRoom {
 // 5. Numbered datagrams: what UDP did on the way. A datagram can be lost,
 // duplicated or overtaken, and the bytes alone do not show it. So `--seq` in
 // the client starts each with `#<n>/<count> ` (`#<n> ` alone works too), and
-// `--stats` counts what the numbers tell. Numbers can be forged, so each
-// datagram counts for itself and no more: a sender's first numbered datagram
-// sets its run (the count, or without one the first number); a number outside
-// the run is a stray, not a gap. Lost: the count (or the numbers from the
-// first to the highest) less those that came.
+// `--stats` counts what the numbers tell. Numbers can be forged, so a sender's
+// loss is its own word, and the total sums none: a sender's first numbered
+// datagram sets its run (the count, or without one the first number); a number
+// outside the run is a stray, not a gap. Lost: the count (or the numbers from
+// the first to the highest) less those that came.
 const WINDOW = 4096; // numbers remembered, to tell a duplicate from a late one
 // Senders followed at once. A sender is forgotten (its counts kept in the
 // total) only once quiet for QUIET_MS, longer than the client's slowest pace
@@ -752,15 +758,14 @@ export class SequenceStats {
   count: Handler = (data, from) => {
     const key = formatAddress(from), time = this.#clock();
     let sender = this.#senders.get(key);
-    if (sender) this.#senders.delete(key);
-    else if (this.#senders.size >= MAX_SENDERS) {
+    if (!sender && this.#senders.size >= MAX_SENDERS) {
       const [oldest, quiet] = this.#senders.entries().next().value!;
       if (time - quiet.counts.last < QUIET_MS) return void this.#untracked++;
       this.#senders.delete(oldest);
       add(this.#forgotten, quiet.counts);
     }
     sender ??= new Sender(time);
-    this.#senders.set(key, sender); // at the end: heard last
+    setLast(this.#senders, key, sender);
     sender.see(data, time);
   };
 
