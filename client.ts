@@ -536,17 +536,17 @@ function hexInto(
   }
   return fits ? o : writeText(out, o, marker(data.length - shown));
 }
-// --- escaper: to here ---
 
 /** `127.0.0.1:6789`, or `[::1]:6789` for IPv6. */
 function formatAddress({ hostname, port }: Deno.NetAddr): string {
   return `${bracketed(hostname)}:${port}`;
 }
 
-// `::1` as `[::1]`, as an address with a port and `--allow-net` write it.
+/** `::1` as `[::1]`, the form an address with a port and `--allow-net` take. */
 function bracketed(hostname: string): string {
   return hostname.includes(":") ? `[${hostname}]` : hostname;
 }
+// --- escaper: to here ---
 
 function closeQuietly(conn: Conn) {
   try {

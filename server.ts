@@ -487,7 +487,6 @@ function hexInto(
   }
   return fits ? o : writeText(out, o, marker(data.length - shown));
 }
-// --- escaper: to here ---
 
 /** `127.0.0.1:6789`, or `[::1]:6789` for IPv6. */
 function formatAddress({ hostname, port }: Deno.NetAddr): string {
@@ -498,6 +497,7 @@ function formatAddress({ hostname, port }: Deno.NetAddr): string {
 function bracketed(hostname: string): string {
   return hostname.includes(":") ? `[${hostname}]` : hostname;
 }
+// --- escaper: to here ---
 
 // 3. Replies go wherever a datagram claims to come from, and UDP does not
 // check that claim: a forged source chooses where they go. One rule for each
