@@ -482,6 +482,13 @@ function finish(output: Output): Promise<number> {
   return output.finish(performance.now() + 10_000);
 }
 
+/** stdout and stderr as two `Output`s on `Collector`s, stderr beside stdout. */
+function outputs() {
+  const [outFile, errFile] = [new Collector(), new Collector()];
+  const out = new Output(outFile), err = new Output(errFile, { beside: out });
+  return { out, err, outFile, errFile };
+}
+
 test("Output writes whole lines, 4096 bytes at most, the rest after a partial write, and tries again after WouldBlock and Interrupted", async () => {
   const collector = new Collector(1000); // takes 1000 bytes a write at most
   let calls = 0;
@@ -541,13 +548,9 @@ test("Output beside another on one file (stderr beside stdout, as 2>&1 makes the
 });
 
 test("Output beside another begins no long line while the other's write is under way", async () => {
-  const [outFile, errFile, release] = [
-    new Collector(),
-    new Collector(),
-    Promise.withResolvers<void>(),
-  ];
+  const { out, err, outFile, errFile } = outputs();
+  const release = Promise.withResolvers<void>();
   errFile.held = release.promise;
-  const out = new Output(outFile), err = new Output(errFile, { beside: out });
   err.print("warning: held");
   while (errFile.writes.length === 0) await within("a write", nextTurn());
   const long = "a".repeat(70_000);
@@ -564,13 +567,9 @@ test("Output beside another begins no long line while the other's write is under
 });
 
 test("Output beside one stopped mid-line writes on, after ending that line: a write that lands after finish() is no turn", async () => {
-  const [outFile, errFile, release] = [
-    new Collector(),
-    new Collector(),
-    Promise.withResolvers<void>(),
-  ];
+  const { out, err, outFile, errFile } = outputs();
+  const release = Promise.withResolvers<void>();
   outFile.held = release.promise;
-  const out = new Output(outFile), err = new Output(errFile, { beside: out });
   out.print("a".repeat(100_000));
   while (outFile.writes.length === 0) await within("a write", nextTurn());
   assert.equal(await out.finish(performance.now()), 1);
